@@ -1,0 +1,1 @@
+//! quip-cli (in progress)

@@ -1,0 +1,1 @@
+//! quip-master (in progress)

@@ -1,0 +1,1 @@
+//! quip-node (in progress)

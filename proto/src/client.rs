@@ -1,0 +1,325 @@
+//! Client ↔ node messages (ALPN [`crate::ALPN_CLIENT`]).
+//!
+//! The client opens one bidirectional *control* stream and sends [`Hello`] first. Requests
+//! carry a `req` id the node echoes in its answer; pushes (`Deliver`, `Presence`,
+//! `GroupChanged`, `Reconnect`) carry none. Every image travels on its own stream
+//! (see [`crate::stream`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Delivery, Envelope};
+use crate::error_code::ErrorCode;
+use crate::group::{GroupSummary, MemberRole, SignedChange};
+use crate::ids::{GroupId, MsgId, NodeName, SessionToken, UserName};
+
+/// Request id chosen by the client, echoed by the node.
+pub type ReqId = u32;
+
+/// First frame on every connection, in both directions of the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Hello {
+    /// Protocol version spoken; see [`crate::PROTOCOL_VERSION`].
+    pub version: u16,
+    /// Free text naming the software (`quip/0.1.0`), for logs.
+    #[cfg_attr(test, proptest(strategy = "crate::testing::text(16)"))]
+    pub agent: String,
+}
+
+/// A user's two public keys, SPKI DER.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PublicKeys {
+    /// RSA-OAEP-SHA256 key-wrapping key.
+    #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+    pub encryption: Vec<u8>,
+    /// RSA-PSS-SHA256 signing key.
+    #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+    pub signing: Vec<u8>,
+}
+
+/// A user and whether they are connected anywhere in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Presence {
+    /// The user.
+    pub user: UserName,
+    /// Connected now.
+    pub online: bool,
+}
+
+/// A member of a group and their role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct GroupMember {
+    /// The member.
+    pub user: UserName,
+    /// Their role.
+    pub role: MemberRole,
+}
+
+/// Client → node, on the control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum ClientToNode {
+    /// Creates an account and logs in.
+    Signup {
+        /// Request id.
+        req: ReqId,
+        /// Wanted name (case-insensitive).
+        user: UserName,
+        /// The login secret the client derived from the password (never the password).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        secret: Vec<u8>,
+        /// The new user's public keys.
+        keys: PublicKeys,
+        /// The private keys encrypted under a secret the server never sees.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        backup: Vec<u8>,
+    },
+    /// Logs in with the login secret.
+    Login {
+        /// Request id.
+        req: ReqId,
+        /// Account name.
+        user: UserName,
+        /// The login secret.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        secret: Vec<u8>,
+    },
+    /// Resumes a session with a token from an earlier login; no password hashing.
+    Resume {
+        /// Request id.
+        req: ReqId,
+        /// The token.
+        token: SessionToken,
+    },
+    /// Ends the session and invalidates its token.
+    Logout {
+        /// Request id.
+        req: ReqId,
+    },
+    /// Asks for every user and their presence.
+    ListUsers {
+        /// Request id.
+        req: ReqId,
+    },
+    /// Asks for a user's public keys.
+    FetchKeys {
+        /// Request id.
+        req: ReqId,
+        /// Whose keys.
+        user: UserName,
+    },
+    /// Replaces the caller's public keys and backup (key rotation).
+    ReplaceKeys {
+        /// Request id.
+        req: ReqId,
+        /// New public keys.
+        keys: PublicKeys,
+        /// New encrypted backup.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        backup: Vec<u8>,
+    },
+    /// Submits an envelope; answered by `Stored` once it is durable for every recipient.
+    Send {
+        /// Request id.
+        req: ReqId,
+        /// The envelope.
+        envelope: Envelope,
+    },
+    /// Acknowledges deliveries: they leave the caller's queue.
+    Ack {
+        /// The acknowledged messages.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(4)"))]
+        ids: Vec<MsgId>,
+    },
+    /// Creates a group from a signed genesis.
+    CreateGroup {
+        /// Request id.
+        req: ReqId,
+        /// The genesis (epoch 0).
+        genesis: SignedChange,
+    },
+    /// Applies a signed membership change.
+    ChangeGroup {
+        /// Request id.
+        req: ReqId,
+        /// The change.
+        change: SignedChange,
+    },
+    /// Lists the caller's groups.
+    ListGroups {
+        /// Request id.
+        req: ReqId,
+    },
+    /// Asks for a group's members and full signed chain.
+    GroupInfo {
+        /// Request id.
+        req: ReqId,
+        /// The group.
+        group: GroupId,
+    },
+    /// Asks for a blob (an image) to be streamed on a new stream.
+    FetchBlob {
+        /// Request id.
+        req: ReqId,
+        /// The message that refers to the blob (must be queued for the caller).
+        msg: MsgId,
+    },
+    /// Keep-alive at the application level; answered by `Pong`.
+    Ping {
+        /// Request id.
+        req: ReqId,
+    },
+}
+
+/// Node → client, on the control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum NodeToClient {
+    /// Signup, login or resume succeeded.
+    LoggedIn {
+        /// Request id.
+        req: ReqId,
+        /// Canonical name.
+        user: UserName,
+        /// Token for `Resume`.
+        token: SessionToken,
+        /// Token expiry, milliseconds since the Unix epoch.
+        expires_at_ms: u64,
+        /// The encrypted private-key backup stored at signup.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        backup: Vec<u8>,
+        /// Which node this is.
+        node: NodeName,
+    },
+    /// A request succeeded with nothing to return.
+    Done {
+        /// Request id.
+        req: ReqId,
+    },
+    /// Answer to `ListUsers`.
+    Users {
+        /// Request id.
+        req: ReqId,
+        /// Every user, by name.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(3)"))]
+        users: Vec<Presence>,
+    },
+    /// Answer to `FetchKeys`.
+    Keys {
+        /// Request id.
+        req: ReqId,
+        /// Whose.
+        user: UserName,
+        /// The keys.
+        keys: PublicKeys,
+    },
+    /// The envelope is durable in every recipient's queue.
+    Stored {
+        /// Request id.
+        req: ReqId,
+        /// The message.
+        id: MsgId,
+        /// False if it had been stored before (a retry); nothing was queued twice.
+        fresh: bool,
+    },
+    /// A message for the client. Acknowledge it with `Ack` once handled.
+    Deliver(Delivery),
+    /// Someone came online or went offline.
+    Presence(Presence),
+    /// Answer to `ListGroups`.
+    Groups {
+        /// Request id.
+        req: ReqId,
+        /// The caller's groups.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(3)"))]
+        groups: Vec<GroupSummary>,
+    },
+    /// Answer to `GroupInfo`.
+    Group {
+        /// Request id.
+        req: ReqId,
+        /// The group.
+        summary: GroupSummary,
+        /// Members and roles as stored.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(3)"))]
+        members: Vec<GroupMember>,
+        /// The signed chain, genesis first.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        chain: Vec<SignedChange>,
+    },
+    /// A group the client belongs to (or just left) changed.
+    GroupChanged {
+        /// The new link.
+        change: SignedChange,
+    },
+    /// Answer to `Ping`.
+    Pong {
+        /// Request id.
+        req: ReqId,
+    },
+    /// The request failed, or (with no `req`) the connection is about to close.
+    Error {
+        /// The failed request, if the error answers one.
+        req: Option<ReqId>,
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::text(24)"))]
+        message: String,
+    },
+    /// The node is draining: reconnect through discovery after the given delay.
+    Reconnect {
+        /// Milliseconds to wait before reconnecting (spreads the herd).
+        after_ms: u32,
+        /// Why.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::text(24)"))]
+        reason: String,
+    },
+}
+
+impl ClientToNode {
+    /// This message's variant name (safe to log: no secrets).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Signup { .. } => "Signup",
+            Self::Login { .. } => "Login",
+            Self::Resume { .. } => "Resume",
+            Self::Logout { .. } => "Logout",
+            Self::ListUsers { .. } => "ListUsers",
+            Self::FetchKeys { .. } => "FetchKeys",
+            Self::ReplaceKeys { .. } => "ReplaceKeys",
+            Self::Send { .. } => "Send",
+            Self::Ack { .. } => "Ack",
+            Self::CreateGroup { .. } => "CreateGroup",
+            Self::ChangeGroup { .. } => "ChangeGroup",
+            Self::ListGroups { .. } => "ListGroups",
+            Self::GroupInfo { .. } => "GroupInfo",
+            Self::FetchBlob { .. } => "FetchBlob",
+            Self::Ping { .. } => "Ping",
+        }
+    }
+}
+
+impl NodeToClient {
+    /// This message's variant name (safe to log: no secrets).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::LoggedIn { .. } => "LoggedIn",
+            Self::Done { .. } => "Done",
+            Self::Users { .. } => "Users",
+            Self::Keys { .. } => "Keys",
+            Self::Stored { .. } => "Stored",
+            Self::Deliver(_) => "Deliver",
+            Self::Presence(_) => "Presence",
+            Self::Groups { .. } => "Groups",
+            Self::Group { .. } => "Group",
+            Self::GroupChanged { .. } => "GroupChanged",
+            Self::Pong { .. } => "Pong",
+            Self::Error { .. } => "Error",
+            Self::Reconnect { .. } => "Reconnect",
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Every size limit of the protocol, in one place. Decoders and servers check these *before*
+//! allocating; storage refuses anything larger.
+
+/// Largest frame body (postcard bytes after the `u32` length) on any stream.
+pub const MAX_FRAME: usize = 1024 * 1024;
+/// Largest plaintext of one text message, in bytes.
+pub const MAX_TEXT: usize = 64 * 1024;
+/// Largest sealed envelope (header + ciphertext + signature) a text message can produce.
+pub const MAX_SEALED: usize = 96 * 1024;
+/// Largest wrapped content key: RSA-8192 ciphertext.
+pub const MAX_WRAPPED_KEY: usize = 1024;
+/// Largest public key (SPKI DER of RSA-8192 is ~1.1 KB).
+pub const MAX_PUBLIC_KEY: usize = 2048;
+/// Largest encrypted key backup (two PKCS#8 RSA-8192 keys plus framing).
+pub const MAX_KEY_BACKUP: usize = 16 * 1024;
+/// Largest signature (RSA-8192).
+pub const MAX_SIGNATURE: usize = 1024;
+/// Most recipients of one envelope (a group's members, the sender included).
+pub const MAX_RECIPIENTS: usize = 1024;
+/// Most members of one group.
+pub const MAX_GROUP_MEMBERS: usize = MAX_RECIPIENTS;
+/// Largest ciphertext chunk of an image stream.
+pub const MAX_BLOB_CHUNK: usize = 64 * 1024 + 64;
+/// Default largest image (ciphertext) a node accepts; nodes may configure it.
+pub const DEFAULT_MAX_IMAGE: u64 = 25 * 1024 * 1024;
+/// Longest login secret (the client sends 32 bytes; bcrypt itself stops at 72).
+pub const MAX_LOGIN_SECRET: usize = 64;
+/// Longest free-text field (error messages, reasons, client names).
+pub const MAX_TEXT_FIELD: usize = 512;

@@ -1,0 +1,1 @@
+//! quip-testnet (in progress)
