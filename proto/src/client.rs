@@ -323,3 +323,56 @@ impl NodeToClient {
         }
     }
 }
+
+/// postcard's index of [`NodeToClient::Deliver`].
+const DELIVER_TAG: u8 = 5;
+
+/// The bytes that precede an encoded [`crate::Sealed`] in the frame of
+/// `NodeToClient::Deliver(Delivery { key, sealed })`: length prefix, variant tag and the
+/// wrapped key. A node fanning one message out writes this small prefix per recipient and
+/// the sealed bytes (stored and encoded once) after it, so nothing large is copied per
+/// recipient. The result is byte-for-byte the frame `frame::encode` would produce.
+pub fn deliver_prefix(key: &[u8], sealed_len: usize) -> Result<Vec<u8>, crate::EncodeError> {
+    let mut body = vec![DELIVER_TAG];
+    let mut n = key.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            body.push(byte);
+            break;
+        }
+        body.push(byte | 0x80);
+    }
+    body.extend_from_slice(key);
+    let len = body.len() + sealed_len;
+    if len > crate::limits::MAX_FRAME {
+        return Err(crate::EncodeError::FrameTooLarge {
+            len,
+            max: crate::limits::MAX_FRAME,
+        });
+    }
+    let mut out = Vec::with_capacity(crate::frame::PREFIX_LEN + body.len());
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::envelope::{Delivery, Sealed};
+
+    proptest! {
+        #[test]
+        fn deliver_prefix_matches_postcard(key in crate::testing::bytes(600), sealed in any::<Sealed>()) {
+            let sealed_bytes = postcard::to_stdvec(&sealed).unwrap();
+            let mut manual = deliver_prefix(&key, sealed_bytes.len()).unwrap();
+            manual.extend_from_slice(&sealed_bytes);
+            let real = crate::frame::encode(&NodeToClient::Deliver(Delivery { key, sealed })).unwrap();
+            prop_assert_eq!(manual, real);
+        }
+    }
+}
