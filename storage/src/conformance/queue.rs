@@ -1,0 +1,344 @@
+//! Conformance checks for message queues, including concurrent writers.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use quip_proto::ids::{MsgId, UserName};
+
+use super::{DAY, Fixture, wrapped_key};
+use crate::{Enqueued, NewMessage, QueuedMessage, Storage, StorageError, limits};
+
+/// Everything waiting for `user`.
+async fn all_pending(store: &impl Storage, user: &UserName) -> Vec<QueuedMessage> {
+    store
+        .pending(user, 0, limits::MAX_PENDING_BATCH)
+        .await
+        .unwrap()
+}
+
+/// The ids of everything waiting for `user`, in queue order.
+async fn pending_ids(store: &impl Storage, user: &UserName) -> Vec<MsgId> {
+    all_pending(store, user)
+        .await
+        .iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+/// enqueue, pending, ack, queue_depth.
+pub(super) async fn delivery(store: &impl Storage, fx: &Fixture) {
+    let [ann, ben, cat] = fx.users(store, ["q-ann", "q-ben", "q-cat"]).await;
+
+    // One stored copy serves every recipient, each with their own key.
+    let m1 = fx.message(&[&ann, &ben], "m1");
+    assert_eq!(
+        store.enqueue(std::slice::from_ref(&m1)).await.unwrap(),
+        [Enqueued::Stored]
+    );
+    for user in [&ann, &ben] {
+        let queued = all_pending(store, user).await;
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].id, m1.id);
+        assert_eq!(queued[0].sealed, m1.sealed);
+        assert_eq!(queued[0].key, wrapped_key("m1", user));
+        assert_eq!(queued[0].blob, None);
+    }
+
+    // The same id again changes nothing, whatever it carries.
+    let mut again = fx.message(&[&ann, &cat], "m1 again");
+    again.id = m1.id;
+    let before = all_pending(store, &ann).await;
+    assert_eq!(
+        store.enqueue(&[again]).await.unwrap(),
+        [Enqueued::Duplicate]
+    );
+    assert_eq!(all_pending(store, &ann).await, before);
+    assert_eq!(store.queue_depth(&cat).await.unwrap(), 0);
+
+    // Order is kept within a batch and across calls; a repeat inside a batch is a duplicate.
+    let m2 = fx.message(&[&ann], "m2");
+    let m3 = fx.message(&[&ann], "m3");
+    let m4 = fx.message(&[&ann], "m4");
+    assert_eq!(
+        store
+            .enqueue(&[m2.clone(), m3.clone(), m2.clone()])
+            .await
+            .unwrap(),
+        [Enqueued::Stored, Enqueued::Stored, Enqueued::Duplicate]
+    );
+    assert_eq!(
+        store.enqueue(std::slice::from_ref(&m4)).await.unwrap(),
+        [Enqueued::Stored]
+    );
+    let queued = all_pending(store, &ann).await;
+    let ids: Vec<MsgId> = queued.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [m1.id, m2.id, m3.id, m4.id]);
+    assert!(
+        queued.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seq increases"
+    );
+    assert_eq!(store.enqueue(&[]).await.unwrap(), []);
+
+    // `after` and `limit`.
+    assert_eq!(
+        store.pending(&ann, queued[0].seq, 2).await.unwrap(),
+        queued[1..3]
+    );
+    assert_eq!(store.pending(&ann, queued[3].seq, 10).await.unwrap(), []);
+    assert_eq!(store.pending(&ann, 0, 0).await.unwrap(), []);
+    assert_eq!(store.pending(&ann, 0, u32::MAX).await.unwrap(), queued);
+    assert_eq!(store.queue_depth(&ann).await.unwrap(), 4);
+    assert_eq!(store.queue_depth(&ben).await.unwrap(), 1);
+    assert_eq!(store.queue_depth(&fx.name("q-nobody")).await.unwrap(), 0);
+
+    // An ack removes only that recipient's copy; unknown or repeated ids are ignored.
+    assert_eq!(store.ack(&ann, &[m1.id]).await.unwrap(), 1);
+    assert_eq!(pending_ids(store, &ann).await, [m2.id, m3.id, m4.id]);
+    assert_eq!(pending_ids(store, &ben).await, [m1.id]);
+    assert_eq!(store.ack(&ann, &[m1.id]).await.unwrap(), 0);
+    assert_eq!(store.ack(&ann, &[fx.msg_id()]).await.unwrap(), 0);
+    assert_eq!(store.ack(&cat, &[m2.id]).await.unwrap(), 0);
+    assert_eq!(store.ack(&ann, &[]).await.unwrap(), 0);
+    assert_eq!(pending_ids(store, &ann).await, [m2.id, m3.id, m4.id]);
+
+    // When the last recipient acks, the message is deleted: its id is new again.
+    assert_eq!(store.ack(&ben, &[m1.id, m1.id]).await.unwrap(), 1);
+    assert_eq!(store.queue_depth(&ben).await.unwrap(), 0);
+    assert_eq!(
+        store.enqueue(std::slice::from_ref(&m1)).await.unwrap(),
+        [Enqueued::Stored]
+    );
+    assert_eq!(store.ack(&ann, &[m1.id]).await.unwrap(), 1);
+    assert_eq!(store.ack(&ben, &[m1.id]).await.unwrap(), 1);
+
+    // Several at once, with an unknown one among them.
+    assert_eq!(
+        store
+            .ack(&ann, &[m4.id, fx.msg_id(), m2.id, m3.id])
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.queue_depth(&ann).await.unwrap(), 0);
+
+    // A recipient listed twice is queued once, with the first key.
+    let mut twice = fx.message(&[&ann], "twice");
+    twice.recipients.push((ann.clone(), b"second key".to_vec()));
+    assert_eq!(
+        store.enqueue(&[twice.clone()]).await.unwrap(),
+        [Enqueued::Stored]
+    );
+    let queued = all_pending(store, &ann).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].key, wrapped_key("twice", &ann));
+    assert_eq!(store.ack(&ann, &[twice.id]).await.unwrap(), 1);
+}
+
+/// A failing message fails its whole batch, and nothing is written.
+pub(super) async fn all_or_nothing(store: &impl Storage, fx: &Fixture) {
+    let [ann] = fx.users(store, ["n-ann"]).await;
+    let good = fx.message(&[&ann], "good");
+    let ghost = fx.name("n-ghost");
+
+    let mut big_sealed = fx.message(&[&ann], "big sealed");
+    big_sealed.sealed = vec![0; limits::MAX_SEALED + 1];
+    let mut big_key = fx.message(&[&ann], "big key");
+    big_key.recipients[0].1 = vec![0; limits::MAX_WRAPPED_KEY + 1];
+    let crowd: Vec<UserName> = (0..=limits::MAX_RECIPIENTS)
+        .map(|i| fx.name(&format!("n-crowd{i}")))
+        .collect();
+    let crowded = fx.message(&crowd.iter().collect::<Vec<_>>(), "crowded");
+    let unknown = fx.message(&[&ann, &ghost], "unknown");
+
+    type Expect = fn(&crate::Result<Vec<Enqueued>>) -> bool;
+    let cases: [(&str, NewMessage, Expect); 4] = [
+        ("oversized envelope", big_sealed, |r| {
+            matches!(
+                r,
+                Err(StorageError::TooLarge {
+                    what: "sealed envelope",
+                    ..
+                })
+            )
+        }),
+        ("oversized key", big_key, |r| {
+            matches!(
+                r,
+                Err(StorageError::TooLarge {
+                    what: "wrapped key",
+                    ..
+                })
+            )
+        }),
+        ("too many recipients", crowded, |r| {
+            matches!(
+                r,
+                Err(StorageError::TooLarge {
+                    what: "recipients",
+                    ..
+                })
+            )
+        }),
+        ("unknown recipient", unknown, |r| {
+            matches!(r, Err(StorageError::NotFound { what: "recipient" }))
+        }),
+    ];
+    for (case, bad, expect) in cases {
+        let result = store.enqueue(&[good.clone(), bad.clone()]).await;
+        assert!(expect(&result), "{case}: unexpected {result:?}");
+        assert_eq!(store.queue_depth(&ann).await.unwrap(), 0, "{case}");
+    }
+    // Nothing of `good` was stored, so it is not a duplicate now.
+    assert_eq!(
+        store.enqueue(std::slice::from_ref(&good)).await.unwrap(),
+        [Enqueued::Stored]
+    );
+
+    // At the limits is fine.
+    let mut roomy = fx.message(&[&ann], "roomy");
+    roomy.sealed = vec![1; limits::MAX_SEALED];
+    roomy.recipients[0].1 = vec![2; limits::MAX_WRAPPED_KEY];
+    assert_eq!(
+        store.enqueue(&[roomy.clone()]).await.unwrap(),
+        [Enqueued::Stored]
+    );
+    let queued = all_pending(store, &ann).await;
+    assert_eq!(queued[1].sealed, roomy.sealed);
+    assert_eq!(queued[1].key, roomy.recipients[0].1);
+
+    // No recipients: nothing to store.
+    let lonely = fx.message(&[], "lonely");
+    assert_eq!(store.enqueue(&[lonely]).await.unwrap(), [Enqueued::Stored]);
+    assert_eq!(store.ack(&ann, &[good.id, roomy.id]).await.unwrap(), 2);
+}
+
+/// A message's image blob is deleted with the message, after its last recipient's ack.
+pub(super) async fn blob_follows_message(store: &impl Storage, fx: &Fixture) {
+    let [ann, ben, cat] = fx.users(store, ["b-ann", "b-ben", "b-cat"]).await;
+    let blob = fx.blob_id();
+    store.blob_create(&blob, &ann, fx.now + DAY).await.unwrap();
+    store.blob_append(&blob, 0, b"image bytes").await.unwrap();
+    store.blob_finish(&blob).await.unwrap();
+    let mut message = fx.message(&[&ben, &cat], "picture");
+    message.blob = Some(blob);
+    store.enqueue(&[message.clone()]).await.unwrap();
+    assert_eq!(all_pending(store, &ben).await[0].blob, Some(blob));
+
+    assert_eq!(store.ack(&ben, &[message.id]).await.unwrap(), 1);
+    assert!(
+        store.blob_info(&blob).await.unwrap().is_some(),
+        "cat still needs it"
+    );
+    assert_eq!(store.ack(&cat, &[message.id]).await.unwrap(), 1);
+    assert_eq!(store.blob_info(&blob).await.unwrap(), None);
+    assert_eq!(store.blob_chunk(&blob, 0).await.unwrap(), None);
+}
+
+/// Messages each producer enqueues.
+const PER_PRODUCER: usize = 200;
+/// Messages per enqueue call.
+const BATCH: usize = 10;
+/// How long the consumers may take to see everything.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Enqueues [`PER_PRODUCER`] messages to `to`, [`BATCH`] per call; returns their ids in order.
+async fn produce(store: &impl Storage, fx: &Fixture, to: [&UserName; 2], tag: &str) -> Vec<MsgId> {
+    let mut ids = Vec::with_capacity(PER_PRODUCER);
+    for batch in 0..PER_PRODUCER / BATCH {
+        let messages: Vec<NewMessage> = (0..BATCH)
+            .map(|i| fx.message(&to, &format!("{tag} {batch}.{i}")))
+            .collect();
+        let outcome = store.enqueue(&messages).await.expect("enqueue");
+        assert_eq!(outcome, [Enqueued::Stored; BATCH]);
+        ids.extend(messages.iter().map(|m| m.id));
+    }
+    ids
+}
+
+/// Follows `user`'s queue with a `seq > after` cursor, acking each page, until `total`
+/// messages were seen; returns their ids in the order seen.
+async fn consume(store: &impl Storage, user: &UserName, total: usize) -> Vec<MsgId> {
+    let started = Instant::now();
+    let (mut seen, mut after) = (Vec::new(), 0);
+    while seen.len() < total {
+        let page = store.pending(user, after, 64).await.expect("pending");
+        let Some(last) = page.last() else {
+            if started.elapsed() > PATIENCE {
+                let missed = store.queue_depth(user).await.expect("depth");
+                panic!(
+                    "{user}: saw {} of {total} messages; {missed} wait behind the cursor",
+                    seen.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        after = last.seq;
+        let ids: Vec<MsgId> = page.iter().map(|m| m.id).collect();
+        let acked = store.ack(user, &ids).await.expect("ack");
+        assert_eq!(
+            acked,
+            ids.len() as u64,
+            "{user}: acked what pending returned"
+        );
+        seen.extend(ids);
+    }
+    seen
+}
+
+/// Two producers enqueue to the same two recipients through `first` and `second` (the same
+/// store, or two handles on one database as two node processes would have), while a consumer
+/// per recipient follows its queue with a `seq > after` cursor and acks as it goes. Nothing is
+/// lost, nothing is seen twice, each producer's order is kept, and every message is deleted
+/// once both recipients have acked it.
+pub async fn concurrent_queues(first: &impl Storage, second: &impl Storage) {
+    let fx = Fixture::new();
+    let [x, y] = fx.users(first, ["cc-x", "cc-y"]).await;
+    let total = 2 * PER_PRODUCER;
+    let (from_a, from_b, seen_x, seen_y) = tokio::join!(
+        produce(first, &fx, [&x, &y], "a"),
+        produce(second, &fx, [&x, &y], "b"),
+        consume(first, &x, total),
+        consume(second, &y, total),
+    );
+
+    for (user, seen) in [(&x, &seen_x), (&y, &seen_y)] {
+        assert_eq!(seen.len(), total, "{user}: count");
+        let unique: HashSet<&MsgId> = seen.iter().collect();
+        assert_eq!(
+            unique.len(),
+            seen.len(),
+            "{user}: a message was delivered twice"
+        );
+        for produced in [&from_a, &from_b] {
+            let in_order: Vec<MsgId> = seen
+                .iter()
+                .copied()
+                .filter(|id| produced.contains(id))
+                .collect();
+            assert_eq!(
+                &in_order, produced,
+                "{user}: a producer's order was not kept"
+            );
+        }
+        assert_eq!(first.queue_depth(user).await.unwrap(), 0);
+    }
+
+    // Both recipients acked everything (often at the same moment): every message is gone, so
+    // every id is new again.
+    let again: Vec<NewMessage> = from_a
+        .iter()
+        .chain(&from_b)
+        .map(|id| NewMessage {
+            id: *id,
+            ..fx.message(&[&x], "again")
+        })
+        .collect();
+    let outcome = second.enqueue(&again).await.unwrap();
+    assert!(
+        outcome.iter().all(|o| *o == Enqueued::Stored),
+        "a message outlived its last ack"
+    );
+    let ids: Vec<MsgId> = again.iter().map(|m| m.id).collect();
+    assert_eq!(first.ack(&x, &ids).await.unwrap(), ids.len() as u64);
+}

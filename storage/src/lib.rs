@@ -1,0 +1,375 @@
+//! Quip's durable state behind one async trait, [`Storage`], with two backends chosen by URL:
+//! SQLite (`sqlite://path`, the embedded default) and Postgres (`postgres://…`).
+//!
+//! Storage is the source of truth: a node persists a message to every recipient's queue
+//! before it acknowledges the sender, and a message leaves a queue only when the recipient
+//! acknowledges it. Everything stored here is either public (names, public keys, roles) or
+//! opaque ciphertext the servers cannot read (sealed envelopes, wrapped keys, key backups,
+//! image blobs).
+//!
+//! Every backend passes the same [`conformance`] suite.
+
+use std::future::Future;
+
+use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
+
+pub mod conformance;
+mod error;
+mod postgres;
+mod sql;
+mod sqlite;
+mod store;
+
+pub use error::StorageError;
+pub use postgres::PostgresStorage;
+pub use sqlite::SqliteStorage;
+pub use store::Store;
+
+/// Result alias for storage operations.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch. Callers pass the clock in, so tests control time.
+pub type UnixMillis = i64;
+
+/// Size limits every backend enforces before writing. They mirror the wire limits in
+/// `quip_proto::limits`, so nothing the protocol accepts is refused here and nothing larger is
+/// ever stored.
+pub mod limits {
+    pub use quip_proto::limits::{
+        MAX_BLOB_CHUNK, MAX_GROUP_MEMBERS, MAX_KEY_BACKUP, MAX_PUBLIC_KEY, MAX_RECIPIENTS,
+        MAX_SEALED, MAX_WRAPPED_KEY,
+    };
+    /// Largest signed membership change (genesis included) stored in a group's chain. A
+    /// genesis lists up to [`MAX_GROUP_MEMBERS`] names, so this is the frame limit.
+    pub const MAX_GROUP_CHANGE: usize = quip_proto::limits::MAX_FRAME;
+    /// Longest password hash accepted (bcrypt's modular-crypt string is 60 bytes).
+    pub const MAX_PASSWORD_HASH: usize = 128;
+    /// Most rows one `pending` call returns.
+    pub const MAX_PENDING_BATCH: u32 = 10_000;
+}
+
+/// A new account.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    /// Canonical (lowercase) name; unique regardless of case.
+    pub name: UserName,
+    /// bcrypt hash (modular-crypt string) of the client's login secret.
+    pub password_hash: String,
+    /// SPKI DER of the RSA-OAEP encryption key.
+    pub encryption_key: Vec<u8>,
+    /// SPKI DER of the RSA-PSS signing key.
+    pub signing_key: Vec<u8>,
+    /// The private keys, encrypted by the client under a secret the server never sees.
+    pub key_backup: Vec<u8>,
+    /// Creation time.
+    pub created_at: UnixMillis,
+}
+
+/// A stored account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Canonical name.
+    pub name: UserName,
+    /// bcrypt hash of the login secret.
+    pub password_hash: String,
+    /// SPKI DER of the encryption key.
+    pub encryption_key: Vec<u8>,
+    /// SPKI DER of the signing key.
+    pub signing_key: Vec<u8>,
+    /// Encrypted private-key backup.
+    pub key_backup: Vec<u8>,
+    /// Creation time.
+    pub created_at: UnixMillis,
+}
+
+/// A live session, found by the SHA-256 of its token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Whose session it is.
+    pub user: UserName,
+    /// When it stops being accepted.
+    pub expires_at: UnixMillis,
+}
+
+/// A member's role in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// May add, remove, promote and demote.
+    Admin,
+    /// May send and leave.
+    Member,
+}
+
+/// A group as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// Identity chosen by the creator.
+    pub id: GroupId,
+    /// Display name; unique per creator.
+    pub name: GroupName,
+    /// Who created it (its first admin).
+    pub creator: UserName,
+    /// Epoch of the latest membership change (the genesis is epoch 0).
+    pub epoch: u64,
+}
+
+/// One member and their role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The member.
+    pub user: UserName,
+    /// Their role.
+    pub role: Role,
+}
+
+/// A new group: its genesis change (already checked by the caller) and first members.
+#[derive(Clone, Debug)]
+pub struct NewGroup {
+    /// Identity chosen by the creator.
+    pub id: GroupId,
+    /// Display name.
+    pub name: GroupName,
+    /// The creator; stored as the only admin.
+    pub creator: UserName,
+    /// The other first members (the creator may be listed too; it is not stored twice).
+    pub members: Vec<UserName>,
+    /// The encoded, signed genesis change: epoch 0 of the membership chain.
+    pub genesis: Vec<u8>,
+    /// Creation time.
+    pub created_at: UnixMillis,
+}
+
+/// What a membership change does to the member table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberEffect {
+    /// Adds `0` as a plain member.
+    Add(UserName),
+    /// Removes `0` (also used when a member leaves).
+    Remove(UserName),
+    /// Sets `0`'s role.
+    SetRole(UserName, Role),
+}
+
+/// A membership change to append to a group's chain.
+#[derive(Clone, Debug)]
+pub struct GroupChange {
+    /// The group.
+    pub group: GroupId,
+    /// Must be exactly the group's current epoch + 1, else [`StorageError::Conflict`].
+    pub epoch: u64,
+    /// The encoded, signed change.
+    pub signed: Vec<u8>,
+    /// Its effect on the member table, applied in the same transaction.
+    pub effect: MemberEffect,
+}
+
+/// A message to persist: stored once, queued once per recipient.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// Sender-chosen id; enqueueing the same id again changes nothing.
+    pub id: MsgId,
+    /// The encoded sealed envelope (header, ciphertext, signature), the same for every
+    /// recipient.
+    pub sealed: Vec<u8>,
+    /// An image blob this message refers to; deleted with the message.
+    pub blob: Option<BlobId>,
+    /// Each recipient with the content key wrapped for them (a name listed twice is queued
+    /// once, with its first key).
+    pub recipients: Vec<(UserName, Vec<u8>)>,
+    /// Arrival time.
+    pub created_at: UnixMillis,
+}
+
+/// What [`Storage::enqueue`] did with one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored and queued for every recipient.
+    Stored,
+    /// A message with this id is still stored (some recipient has not acknowledged it);
+    /// nothing changed.
+    Duplicate,
+}
+
+/// A message waiting in one recipient's queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Position in the queue; increases with enqueue order.
+    pub seq: i64,
+    /// The message id.
+    pub id: MsgId,
+    /// The sealed envelope.
+    pub sealed: Vec<u8>,
+    /// The content key wrapped for this recipient.
+    pub key: Vec<u8>,
+    /// The image blob it refers to, if any.
+    pub blob: Option<BlobId>,
+}
+
+/// An image blob's metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// The blob.
+    pub id: BlobId,
+    /// Who uploaded it.
+    pub owner: UserName,
+    /// Number of chunks written.
+    pub chunks: u32,
+    /// Total bytes written.
+    pub len: u64,
+    /// Whether the upload completed; an unfinished blob is never delivered.
+    pub finished: bool,
+}
+
+/// Quip's durable state. Every method is one atomic operation; contracts are in the docs and
+/// checked by [`conformance::run_all`].
+pub trait Storage: Send + Sync + 'static {
+    // ---- users ----
+
+    /// Creates an account. A name that exists in any case → [`StorageError::AlreadyExists`].
+    /// Oversized fields → [`StorageError::TooLarge`].
+    fn create_user(&self, user: &NewUser) -> impl Future<Output = Result<()>> + Send;
+
+    /// The account with this name, if any.
+    fn user(&self, name: &UserName) -> impl Future<Output = Result<Option<UserRecord>>> + Send;
+
+    /// Every account name, sorted (by bytes, whatever the database's collation).
+    fn list_users(&self) -> impl Future<Output = Result<Vec<UserName>>> + Send;
+
+    /// Replaces a user's public keys and key backup (key rotation or recovery).
+    /// Unknown user → [`StorageError::NotFound`]; oversized fields → [`StorageError::TooLarge`].
+    fn replace_keys(
+        &self,
+        name: &UserName,
+        encryption_key: &[u8],
+        signing_key: &[u8],
+        key_backup: &[u8],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    // ---- sessions ----
+
+    /// Stores a session under the SHA-256 of its token. A hash that exists →
+    /// [`StorageError::AlreadyExists`]; unknown user → [`StorageError::NotFound`].
+    fn create_session(
+        &self,
+        token_hash: &[u8; 32],
+        user: &UserName,
+        expires_at: UnixMillis,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The session with this token hash if it has not expired at `now`.
+    fn session(
+        &self,
+        token_hash: &[u8; 32],
+        now: UnixMillis,
+    ) -> impl Future<Output = Result<Option<SessionRecord>>> + Send;
+
+    /// Ends one session (logout). Returns whether it existed.
+    fn delete_session(&self, token_hash: &[u8; 32]) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes every session expired at `now`; returns how many.
+    fn purge_sessions(&self, now: UnixMillis) -> impl Future<Output = Result<u64>> + Send;
+
+    // ---- groups ----
+
+    /// Creates a group with its genesis (epoch 0), the creator as admin and the other first
+    /// members. An existing id, or a name the creator already uses →
+    /// [`StorageError::AlreadyExists`]; an unknown creator or member →
+    /// [`StorageError::NotFound`]; a genesis over [`limits::MAX_GROUP_CHANGE`] or more than
+    /// [`limits::MAX_GROUP_MEMBERS`] members → [`StorageError::TooLarge`].
+    fn create_group(&self, group: &NewGroup) -> impl Future<Output = Result<()>> + Send;
+
+    /// The group, if it exists.
+    fn group(&self, id: &GroupId) -> impl Future<Output = Result<Option<GroupRecord>>> + Send;
+
+    /// The groups `user` belongs to, sorted by name.
+    fn groups_of(&self, user: &UserName) -> impl Future<Output = Result<Vec<GroupRecord>>> + Send;
+
+    /// The group's members and roles, sorted by name. Unknown group → [`StorageError::NotFound`].
+    fn members(&self, id: &GroupId) -> impl Future<Output = Result<Vec<Member>>> + Send;
+
+    /// Atomically appends a signed change at `epoch` and applies its effect. A stale or
+    /// skipped epoch → [`StorageError::Conflict`] and nothing changes; unknown group or
+    /// (for `Add`) unknown user → [`StorageError::NotFound`]; adding a member →
+    /// [`StorageError::AlreadyExists`]; removing or re-roling a non-member →
+    /// [`StorageError::NotFound`]; an oversized change or a full group →
+    /// [`StorageError::TooLarge`].
+    fn apply_change(&self, change: &GroupChange) -> impl Future<Output = Result<()>> + Send;
+
+    /// The signed membership chain, genesis first. Unknown group → [`StorageError::NotFound`].
+    fn chain(&self, id: &GroupId) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
+
+    // ---- message queues ----
+
+    /// Persists messages in one transaction: each stored once and queued for each of its
+    /// recipients, in order. A message whose id is already stored is
+    /// [`Enqueued::Duplicate`] and changes nothing. Either every message is persisted or
+    /// none is: an unknown recipient → [`StorageError::NotFound`], an oversized envelope or
+    /// key, or too many recipients → [`StorageError::TooLarge`], and nothing is written. A
+    /// message without recipients would never be acknowledged, so it is not stored (it is
+    /// reported [`Enqueued::Stored`]).
+    fn enqueue(
+        &self,
+        messages: &[NewMessage],
+    ) -> impl Future<Output = Result<Vec<Enqueued>>> + Send;
+
+    /// Up to `limit` (at most [`limits::MAX_PENDING_BATCH`]) messages waiting for `user` with
+    /// `seq > after`, oldest first. A message enqueued later never gets a smaller `seq` than
+    /// one already visible here, so `after` can be the last `seq` seen.
+    fn pending(
+        &self,
+        user: &UserName,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<QueuedMessage>>> + Send;
+
+    /// Removes these messages from `user`'s queue (ids not queued are ignored) and returns how
+    /// many were removed. A message no longer queued for anyone is deleted, with its blob.
+    fn ack(&self, user: &UserName, ids: &[MsgId]) -> impl Future<Output = Result<u64>> + Send;
+
+    /// How many messages wait for `user`.
+    fn queue_depth(&self, user: &UserName) -> impl Future<Output = Result<u64>> + Send;
+
+    // ---- image blobs ----
+
+    /// Starts an upload. Existing id → [`StorageError::AlreadyExists`]; unknown owner →
+    /// [`StorageError::NotFound`].
+    fn blob_create(
+        &self,
+        id: &BlobId,
+        owner: &UserName,
+        now: UnixMillis,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Appends chunk `index` (0, 1, 2, … in order; anything else →
+    /// [`StorageError::Conflict`]). Appending to a finished blob → [`StorageError::Conflict`],
+    /// to an unknown one → [`StorageError::NotFound`]; an oversized chunk →
+    /// [`StorageError::TooLarge`].
+    fn blob_append(
+        &self,
+        id: &BlobId,
+        index: u32,
+        data: &[u8],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Marks the upload complete (again is fine). Unknown blob → [`StorageError::NotFound`].
+    fn blob_finish(&self, id: &BlobId) -> impl Future<Output = Result<()>> + Send;
+
+    /// The blob's metadata, if it exists.
+    fn blob_info(&self, id: &BlobId) -> impl Future<Output = Result<Option<BlobInfo>>> + Send;
+
+    /// Chunk `index` of a blob, if it exists.
+    fn blob_chunk(
+        &self,
+        id: &BlobId,
+        index: u32,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+
+    /// Deletes a blob and its chunks (e.g. an upload cut mid-way). Returns whether it existed.
+    fn blob_delete(&self, id: &BlobId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes unfinished blobs created before `before`; returns how many.
+    fn purge_unfinished_blobs(
+        &self,
+        before: UnixMillis,
+    ) -> impl Future<Output = Result<u64>> + Send;
+}

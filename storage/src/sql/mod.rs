@@ -1,0 +1,301 @@
+//! The SQL behind every backend, written once.
+//!
+//! SQLite and Postgres run the same queries: sqlx accepts `$1` placeholders for both,
+//! `ON CONFLICT … DO NOTHING` and `RETURNING` work on both, and the column types were chosen
+//! so that the same Rust types (`i64`, `String`, `Vec<u8>`, `bool`) decode from both. What
+//! differs is the pool type, so the method bodies cannot be plain generic functions without a
+//! wall of higher-ranked `Executor`/`Encode` bounds. Instead [`impl_storage!`] expands the
+//! bodies — kept in one macro per entity ([`accounts`], [`groups`], [`queue`], [`blobs`]) —
+//! into `impl Storage for …` of each concrete backend:
+//!
+//! ```text
+//! crate::sql::impl_storage!(SqliteStorage);
+//! ```
+//!
+//! The expanded code expects the backend to have two pools, `read` and `write` (the same pool
+//! for Postgres; one writer connection for SQLite), and to implement [`Dialect`]: the few
+//! things that genuinely differ per database. Everything that does not depend on the database
+//! type (limit checks, row decoding) is ordinary code in this module.
+//!
+//! Rules for the SQL here: bind every value, never format input into SQL (the only built SQL is
+//! the `($1, $2, …)` placeholder lists of [`sqlx::QueryBuilder`]); check every limit before the
+//! first write; a multi-statement write runs in one [`Dialect::begin_write`] transaction,
+//! which rolls back when dropped on an error path.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
+use sqlx::{Database, Encode, QueryBuilder, Transaction, Type};
+
+use crate::{
+    BlobInfo, GroupRecord, Member, NewGroup, NewMessage, NewUser, QueuedMessage, Result, Role,
+    StorageError, UserRecord, limits,
+};
+
+pub(crate) mod accounts;
+pub(crate) mod blobs;
+pub(crate) mod groups;
+pub(crate) mod queue;
+
+/// What the shared SQL needs from a backend beyond its `read` and `write` pools.
+pub(crate) trait Dialect {
+    /// The sqlx database type.
+    type Db: Database;
+
+    /// Starts a write transaction that already holds whatever lock it will need, so it can
+    /// never fail half-way for lock-upgrade reasons (SQLite: `BEGIN IMMEDIATE`).
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>>> + Send;
+
+    /// Called inside an enqueue transaction before any queue row is written: serialises
+    /// concurrent enqueues to the same recipients, so that each recipient's `seq` order is its
+    /// commit order. `recipients` is sorted and deduplicated.
+    fn lock_queues(
+        conn: &mut <Self::Db as Database>::Connection,
+        recipients: &[&str],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Called inside an ack transaction before queue rows are deleted: locks the message rows,
+    /// so that two recipients acking the last two copies at once cannot both see the other's
+    /// copy and leave the message behind. `ids` is sorted and deduplicated.
+    fn lock_messages(
+        conn: &mut <Self::Db as Database>::Connection,
+        ids: &[&[u8]],
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Implements [`crate::Storage`] for a backend type that has `read` and `write` pools and
+/// implements [`Dialect`]. See the module documentation.
+macro_rules! impl_storage {
+    ($backend:ty) => {
+        const _: () = {
+            use $crate::sql::prelude::*;
+
+            impl Storage for $backend {
+                $crate::sql::accounts::accounts!();
+                $crate::sql::groups::groups!();
+                $crate::sql::queue::queue!();
+                $crate::sql::blobs::blobs!();
+            }
+        };
+    };
+}
+pub(crate) use impl_storage;
+
+/// The names the expanded method bodies use.
+pub(crate) mod prelude {
+    pub(crate) use quip_proto::ids::{BlobId, GroupId, MsgId, UserName};
+    pub(crate) use sqlx::QueryBuilder;
+
+    pub(crate) use super::queue::ACK_CHUNK;
+    pub(crate) use super::{Dialect, check, decode, push_list};
+    pub(crate) use crate::{
+        BlobInfo, Enqueued, GroupChange, GroupRecord, Member, MemberEffect, NewGroup, NewMessage,
+        NewUser, QueuedMessage, Result, Role, SessionRecord, Storage, StorageError, UnixMillis,
+        UserRecord, limits,
+    };
+}
+
+/// Appends `values` as a comma-separated list of bound parameters.
+pub(crate) fn push_list<'a, DB>(query: &mut QueryBuilder<'a, DB>, values: &[&'a [u8]])
+where
+    DB: Database,
+    &'a [u8]: Encode<'a, DB> + Type<DB>,
+{
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(*value);
+    }
+}
+
+/// Limit checks, run before anything is written.
+pub(crate) mod check {
+    use super::*;
+
+    /// `len <= max`, else [`StorageError::TooLarge`].
+    pub(crate) fn len(what: &'static str, len: usize, max: usize) -> Result<()> {
+        if len > max {
+            return Err(StorageError::TooLarge { what, len, max });
+        }
+        Ok(())
+    }
+
+    /// A new account's fields.
+    pub(crate) fn new_user(user: &NewUser) -> Result<()> {
+        len(
+            "password hash",
+            user.password_hash.len(),
+            limits::MAX_PASSWORD_HASH,
+        )?;
+        keys(&user.encryption_key, &user.signing_key, &user.key_backup)
+    }
+
+    /// Public keys and key backup.
+    pub(crate) fn keys(encryption_key: &[u8], signing_key: &[u8], key_backup: &[u8]) -> Result<()> {
+        len(
+            "encryption key",
+            encryption_key.len(),
+            limits::MAX_PUBLIC_KEY,
+        )?;
+        len("signing key", signing_key.len(), limits::MAX_PUBLIC_KEY)?;
+        len("key backup", key_backup.len(), limits::MAX_KEY_BACKUP)
+    }
+
+    /// A new group; returns its distinct members other than the creator, in the order given.
+    pub(crate) fn new_group(group: &NewGroup) -> Result<Vec<&UserName>> {
+        len("genesis", group.genesis.len(), limits::MAX_GROUP_CHANGE)?;
+        let mut seen = HashSet::from([&group.creator]);
+        let others: Vec<&UserName> = group.members.iter().filter(|m| seen.insert(*m)).collect();
+        len("group members", others.len() + 1, limits::MAX_GROUP_MEMBERS)?;
+        Ok(others)
+    }
+
+    /// A message to enqueue; returns its distinct recipients (first key wins), in order.
+    pub(crate) fn message(message: &NewMessage) -> Result<Vec<(&str, &[u8])>> {
+        len("sealed envelope", message.sealed.len(), limits::MAX_SEALED)?;
+        len(
+            "recipients",
+            message.recipients.len(),
+            limits::MAX_RECIPIENTS,
+        )?;
+        let mut seen = HashSet::with_capacity(message.recipients.len());
+        let mut recipients: Vec<(&str, &[u8])> = Vec::with_capacity(message.recipients.len());
+        for (name, key) in &message.recipients {
+            len("wrapped key", key.len(), limits::MAX_WRAPPED_KEY)?;
+            if seen.insert(name.as_str()) {
+                recipients.push((name.as_str(), key));
+            }
+        }
+        Ok(recipients)
+    }
+
+    /// A group epoch as stored (`BIGINT`); one that does not fit cannot be the next epoch.
+    pub(crate) fn epoch(epoch: u64) -> Result<i64> {
+        i64::try_from(epoch).map_err(|_| {
+            StorageError::conflict("group epoch", format!("epoch {epoch} is out of range"))
+        })
+    }
+}
+
+/// Decoding stored rows. Nothing here panics: a value that does not decode is
+/// [`StorageError::Corrupt`].
+pub(crate) mod decode {
+    use super::*;
+
+    /// `users` columns: name, password_hash, encryption_key, signing_key, key_backup, created_at.
+    pub(crate) type UserRow = (String, String, Vec<u8>, Vec<u8>, Vec<u8>, i64);
+    /// `groups` columns: id, name, creator, epoch.
+    pub(crate) type GroupRow = (Vec<u8>, String, String, i64);
+    /// `queue` joined with `messages`: seq, msg_id, sealed, wrapped_key, blob_id.
+    pub(crate) type QueuedRow = (i64, Vec<u8>, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+    /// `blobs` columns: id, owner, chunks, len, finished.
+    pub(crate) type BlobRow = (Vec<u8>, String, i64, i64, bool);
+
+    /// A stored user name.
+    pub(crate) fn user_name(raw: &str) -> Result<UserName> {
+        let name = UserName::new(raw).map_err(|e| StorageError::corrupt("user name", e))?;
+        if name.as_str() != raw {
+            return Err(StorageError::corrupt(
+                "user name",
+                format!("{raw:?} is not canonical"),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// A stored message id.
+    pub(crate) fn msg_id(raw: &[u8]) -> Result<MsgId> {
+        MsgId::from_slice(raw).map_err(|e| StorageError::corrupt("message id", e))
+    }
+
+    /// A stored group id.
+    pub(crate) fn group_id(raw: &[u8]) -> Result<GroupId> {
+        GroupId::from_slice(raw).map_err(|e| StorageError::corrupt("group id", e))
+    }
+
+    /// A stored blob id.
+    pub(crate) fn blob_id(raw: &[u8]) -> Result<BlobId> {
+        BlobId::from_slice(raw).map_err(|e| StorageError::corrupt("blob id", e))
+    }
+
+    /// A stored non-negative integer.
+    pub(crate) fn unsigned<T: TryFrom<i64>>(what: &'static str, raw: i64) -> Result<T> {
+        T::try_from(raw).map_err(|_| StorageError::corrupt(what, format!("{raw} is out of range")))
+    }
+
+    /// A role as stored in `group_members.role`.
+    pub(crate) fn role_name(role: Role) -> &'static str {
+        match role {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// A stored role.
+    pub(crate) fn role(raw: &str) -> Result<Role> {
+        match raw {
+            "admin" => Ok(Role::Admin),
+            "member" => Ok(Role::Member),
+            other => Err(StorageError::corrupt(
+                "role",
+                format!("unknown role {other:?}"),
+            )),
+        }
+    }
+
+    /// A user row.
+    pub(crate) fn user(row: UserRow) -> Result<UserRecord> {
+        let (name, password_hash, encryption_key, signing_key, key_backup, created_at) = row;
+        Ok(UserRecord {
+            name: user_name(&name)?,
+            password_hash,
+            encryption_key,
+            signing_key,
+            key_backup,
+            created_at,
+        })
+    }
+
+    /// A group row.
+    pub(crate) fn group(row: GroupRow) -> Result<GroupRecord> {
+        let (id, name, creator, epoch) = row;
+        Ok(GroupRecord {
+            id: group_id(&id)?,
+            name: GroupName::new(&name).map_err(|e| StorageError::corrupt("group name", e))?,
+            creator: user_name(&creator)?,
+            epoch: unsigned("group epoch", epoch)?,
+        })
+    }
+
+    /// A member row: user name and role.
+    pub(crate) fn member(user: &str, role_raw: &str) -> Result<Member> {
+        Ok(Member {
+            user: user_name(user)?,
+            role: role(role_raw)?,
+        })
+    }
+
+    /// A queued message row.
+    pub(crate) fn queued(row: QueuedRow) -> Result<QueuedMessage> {
+        let (seq, id, sealed, key, blob) = row;
+        Ok(QueuedMessage {
+            seq,
+            id: msg_id(&id)?,
+            sealed,
+            key,
+            blob: blob.as_deref().map(blob_id).transpose()?,
+        })
+    }
+
+    /// A blob row.
+    pub(crate) fn blob(row: BlobRow) -> Result<BlobInfo> {
+        let (id, owner, chunks, len, finished) = row;
+        Ok(BlobInfo {
+            id: blob_id(&id)?,
+            owner: user_name(&owner)?,
+            chunks: unsigned("blob chunk count", chunks)?,
+            len: unsigned("blob length", len)?,
+            finished,
+        })
+    }
+}

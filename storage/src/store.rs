@@ -1,0 +1,191 @@
+//! [`Store`]: the backend chosen at run time from a database URL.
+
+use quip_proto::ids::{BlobId, GroupId, MsgId, UserName};
+
+use crate::{
+    BlobInfo, Enqueued, GroupChange, GroupRecord, Member, NewGroup, NewMessage, NewUser,
+    PostgresStorage, QueuedMessage, Result, SessionRecord, SqliteStorage, Storage, StorageError,
+    UnixMillis, UserRecord,
+};
+
+/// Either backend, picked by [`Store::connect`] from the URL's scheme.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// `sqlite://path` or `sqlite:path`.
+    Sqlite(SqliteStorage),
+    /// `postgres://…` or `postgresql://…`.
+    Postgres(PostgresStorage),
+}
+
+impl Store {
+    /// Connects to the database at `url` and brings its schema up to date. The scheme picks
+    /// the backend: `sqlite:` (also `sqlite://`), `postgres://` or `postgresql://`; anything
+    /// else is [`StorageError::UnsupportedUrl`].
+    pub async fn connect(url: &str) -> Result<Self> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "sqlite" => Ok(Self::Sqlite(SqliteStorage::connect(url).await?)),
+            "postgres" | "postgresql" if url[scheme.len()..].starts_with("://") => {
+                Ok(Self::Postgres(PostgresStorage::connect(url).await?))
+            }
+            _ => Err(StorageError::UnsupportedUrl {
+                url_scheme: scheme.to_owned(),
+            }),
+        }
+    }
+
+    /// Closes every connection. Later calls fail.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(store) => store.close().await,
+            Self::Postgres(store) => store.close().await,
+        }
+    }
+}
+
+/// Forwards a call to whichever backend `self` holds.
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            Store::Sqlite(store) => store.$method($($arg),*).await,
+            Store::Postgres(store) => store.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Storage for Store {
+    async fn create_user(&self, user: &NewUser) -> Result<()> {
+        dispatch!(self.create_user(user))
+    }
+
+    async fn user(&self, name: &UserName) -> Result<Option<UserRecord>> {
+        dispatch!(self.user(name))
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserName>> {
+        dispatch!(self.list_users())
+    }
+
+    async fn replace_keys(
+        &self,
+        name: &UserName,
+        encryption_key: &[u8],
+        signing_key: &[u8],
+        key_backup: &[u8],
+    ) -> Result<()> {
+        dispatch!(self.replace_keys(name, encryption_key, signing_key, key_backup))
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &[u8; 32],
+        user: &UserName,
+        expires_at: UnixMillis,
+    ) -> Result<()> {
+        dispatch!(self.create_session(token_hash, user, expires_at))
+    }
+
+    async fn session(
+        &self,
+        token_hash: &[u8; 32],
+        now: UnixMillis,
+    ) -> Result<Option<SessionRecord>> {
+        dispatch!(self.session(token_hash, now))
+    }
+
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+        dispatch!(self.delete_session(token_hash))
+    }
+
+    async fn purge_sessions(&self, now: UnixMillis) -> Result<u64> {
+        dispatch!(self.purge_sessions(now))
+    }
+
+    async fn create_group(&self, group: &NewGroup) -> Result<()> {
+        dispatch!(self.create_group(group))
+    }
+
+    async fn group(&self, id: &GroupId) -> Result<Option<GroupRecord>> {
+        dispatch!(self.group(id))
+    }
+
+    async fn groups_of(&self, user: &UserName) -> Result<Vec<GroupRecord>> {
+        dispatch!(self.groups_of(user))
+    }
+
+    async fn members(&self, id: &GroupId) -> Result<Vec<Member>> {
+        dispatch!(self.members(id))
+    }
+
+    async fn apply_change(&self, change: &GroupChange) -> Result<()> {
+        dispatch!(self.apply_change(change))
+    }
+
+    async fn chain(&self, id: &GroupId) -> Result<Vec<Vec<u8>>> {
+        dispatch!(self.chain(id))
+    }
+
+    async fn enqueue(&self, messages: &[NewMessage]) -> Result<Vec<Enqueued>> {
+        dispatch!(self.enqueue(messages))
+    }
+
+    async fn pending(&self, user: &UserName, after: i64, limit: u32) -> Result<Vec<QueuedMessage>> {
+        dispatch!(self.pending(user, after, limit))
+    }
+
+    async fn ack(&self, user: &UserName, ids: &[MsgId]) -> Result<u64> {
+        dispatch!(self.ack(user, ids))
+    }
+
+    async fn queue_depth(&self, user: &UserName) -> Result<u64> {
+        dispatch!(self.queue_depth(user))
+    }
+
+    async fn blob_create(&self, id: &BlobId, owner: &UserName, now: UnixMillis) -> Result<()> {
+        dispatch!(self.blob_create(id, owner, now))
+    }
+
+    async fn blob_append(&self, id: &BlobId, index: u32, data: &[u8]) -> Result<()> {
+        dispatch!(self.blob_append(id, index, data))
+    }
+
+    async fn blob_finish(&self, id: &BlobId) -> Result<()> {
+        dispatch!(self.blob_finish(id))
+    }
+
+    async fn blob_info(&self, id: &BlobId) -> Result<Option<BlobInfo>> {
+        dispatch!(self.blob_info(id))
+    }
+
+    async fn blob_chunk(&self, id: &BlobId, index: u32) -> Result<Option<Vec<u8>>> {
+        dispatch!(self.blob_chunk(id, index))
+    }
+
+    async fn blob_delete(&self, id: &BlobId) -> Result<bool> {
+        dispatch!(self.blob_delete(id))
+    }
+
+    async fn purge_unfinished_blobs(&self, before: UnixMillis) -> Result<u64> {
+        dispatch!(self.purge_unfinished_blobs(before))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused_without_echoing_the_url() {
+        for (url, scheme) in [
+            ("mysql://root:hunter2@db/quip", "mysql"),
+            ("/var/lib/quip/quip.db", ""),
+            ("postgres:relative", "postgres"),
+            ("", ""),
+        ] {
+            match Store::connect(url).await {
+                Err(StorageError::UnsupportedUrl { url_scheme }) => assert_eq!(url_scheme, scheme),
+                other => panic!("{url:?}: expected UnsupportedUrl, got {other:?}"),
+            }
+        }
+    }
+}

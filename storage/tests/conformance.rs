@@ -1,0 +1,93 @@
+//! Runs the conformance suite against every backend: SQLite on a temporary file, and Postgres
+//! when `QUIP_TEST_POSTGRES_URL` names a server (required when `CI=true`).
+
+use quip_storage::{PostgresStorage, SqliteStorage, Store, conformance};
+
+/// A fresh SQLite database file in a temporary directory (removed when the guard drops).
+fn sqlite_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("quip.db");
+    let url = format!("sqlite://{}", path.display());
+    (dir, url)
+}
+
+#[tokio::test]
+async fn sqlite() {
+    let (_dir, url) = sqlite_file();
+    let store = SqliteStorage::connect(&url).await.expect("open SQLite");
+    conformance::run_all(&store).await;
+    conformance::purge_counts(&store).await;
+}
+
+/// Two handles on one file, as two node processes sharing it would have: their writes contend
+/// for SQLite's file lock (busy_timeout, BEGIN IMMEDIATE), and nothing is lost or repeated.
+#[tokio::test]
+async fn sqlite_two_handles_on_one_file() {
+    let (_dir, url) = sqlite_file();
+    let (first, second) = tokio::join!(SqliteStorage::connect(&url), SqliteStorage::connect(&url));
+    let (first, second) = (first.expect("first handle"), second.expect("second handle"));
+    conformance::concurrent_queues(&first, &second).await;
+    conformance::concurrent_groups(&first, &second).await;
+}
+
+/// `Store` picks SQLite from the URL and delegates every method.
+#[tokio::test]
+async fn store_sqlite() {
+    let (_dir, url) = sqlite_file();
+    let store = Store::connect(&url)
+        .await
+        .expect("open SQLite through Store");
+    assert!(matches!(store, Store::Sqlite(_)));
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn postgres() {
+    let Some(url) = postgres_url() else { return };
+    let store = PostgresStorage::connect(&url)
+        .await
+        .expect("connect to Postgres");
+    conformance::run_all(&store).await;
+}
+
+/// Two pools on one database, as two nodes would have.
+#[tokio::test]
+async fn postgres_two_handles() {
+    let Some(url) = postgres_url() else { return };
+    let (first, second) = tokio::join!(
+        PostgresStorage::connect(&url),
+        PostgresStorage::connect(&url)
+    );
+    let (first, second) = (first.expect("first handle"), second.expect("second handle"));
+    conformance::concurrent_queues(&first, &second).await;
+    conformance::concurrent_groups(&first, &second).await;
+}
+
+/// `Store` picks Postgres from the URL.
+#[tokio::test]
+async fn store_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let store = Store::connect(&url)
+        .await
+        .expect("connect to Postgres through Store");
+    assert!(matches!(store, Store::Postgres(_)));
+    conformance::run_all(&store).await;
+}
+
+/// The test server's URL; `None` (after saying so) when there is none outside CI.
+fn postgres_url() -> Option<String> {
+    match std::env::var("QUIP_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "CI=true but QUIP_TEST_POSTGRES_URL is not set: the Postgres backend must be tested in CI"
+            )
+        }
+        _ => {
+            eprintln!(
+                "skipped: QUIP_TEST_POSTGRES_URL not set (e.g. postgres://postgres@127.0.0.1:5432/test)"
+            );
+            None
+        }
+    }
+}
