@@ -1,1 +1,10 @@
-//! quip-cli (in progress)
+//! Quip's client library: the connection to a node, the logged-in session, end-to-end
+//! crypto and the key store. The terminal program `quip` and the testnet's simulated users
+//! are both built on it. Private keys exist only here.
+
+pub mod client;
+pub mod connection;
+pub mod e2e;
+
+pub use client::{Client, ClientError, Incoming, Message, user_dir};
+pub use connection::{ConnectError, Connection, Event};

@@ -1,1 +1,224 @@
-//! quip-node (in progress)
+//! `quip-node`: the client-facing QUIC server. It authenticates users, keeps their sessions,
+//! stores every message in its recipients' durable queues before acknowledging it, and pushes
+//! it to whoever is online. It handles ciphertext only: this crate does not link any
+//! end-to-end crypto.
+//!
+//! [`start`] runs a node in-process (tests, testnet); `main.rs` only parses flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use quip_quic::{Certified, ClusterCa, Limits, names};
+use quip_storage::Storage;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+mod auth;
+mod config;
+mod handler;
+mod queue;
+mod registry;
+mod session;
+
+pub use config::{NodeConfig, NodeTls};
+
+/// Software name sent in hellos.
+pub const AGENT: &str = concat!("quip-node/", env!("CARGO_PKG_VERSION"));
+
+/// Starting a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Certificates could not be made or loaded.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] quip_quic::TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every session of a node.
+pub(crate) struct Node<S: Storage> {
+    pub(crate) config: NodeConfig,
+    pub(crate) storage: Arc<S>,
+    pub(crate) registry: Arc<registry::Registry>,
+    pub(crate) auth: auth::Auth,
+    pub(crate) enqueuer: queue::Enqueuer,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    addr: SocketAddr,
+    ca_cert: PathBuf,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    active: Arc<AtomicUsize>,
+    registry: Arc<registry::Registry>,
+}
+
+impl NodeHandle {
+    /// Where clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The CA certificate clients should trust (`--ca`).
+    pub fn ca_cert_path(&self) -> &std::path::Path {
+        &self.ca_cert
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Users logged in here.
+    pub fn online_users(&self) -> usize {
+        self.registry.online_users()
+    }
+
+    /// Graceful stop: refuse new connections, tell every client to reconnect elsewhere, wait
+    /// for them (up to the drain timeout), close.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the node stops (after a signal-triggered shutdown).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// A sender that triggers the graceful stop (for signal handlers).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+fn identity(config: &NodeConfig) -> Result<(Certified, PathBuf), NodeError> {
+    match &config.tls {
+        NodeTls::Files { cert, key, ca } => Ok((Certified::load(cert, key)?, ca.clone())),
+        NodeTls::SelfManaged => {
+            let ca_dir = config.data_dir.join("ca");
+            let ca = ClusterCa::load_or_create(&ca_dir)?;
+            let stem = format!("node-{}", config.name);
+            let certified = match Certified::load_from(&config.data_dir, &stem) {
+                Ok(certified) => certified,
+                Err(_) => {
+                    let certified = ca.issue(&[
+                        config.name.as_str(),
+                        names::NODE,
+                        "localhost",
+                        "127.0.0.1",
+                        "::1",
+                    ])?;
+                    certified.save(&config.data_dir, &stem)?;
+                    certified
+                }
+            };
+            Ok((certified, ClusterCa::cert_path(&ca_dir)))
+        }
+    }
+}
+
+/// Starts a node: binds its endpoint and serves until [`NodeHandle::shutdown`].
+pub async fn start<S: Storage>(
+    config: NodeConfig,
+    storage: Arc<S>,
+) -> Result<NodeHandle, NodeError> {
+    let (certified, ca_cert) = identity(&config)?;
+    let limits = Limits::client();
+    let server = quip_quic::server_config(&certified, &[quip_proto::ALPN_CLIENT], None, &limits)?;
+    let endpoint =
+        quip_quic::server_endpoint(config.listen, server, &limits).map_err(|source| {
+            NodeError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
+    let addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let registry = Arc::new(registry::Registry::default());
+    let node = Arc::new(Node {
+        auth: auth::Auth::new(&config),
+        enqueuer: queue::Enqueuer::spawn(storage.clone(), registry.clone()),
+        registry: registry.clone(),
+        storage,
+        config,
+    });
+    let (shutdown, stop) = watch::channel(false);
+    let active = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(accept_loop(node, endpoint, stop, active.clone()));
+    tracing::info!(%addr, "node listening");
+    Ok(NodeHandle {
+        addr,
+        ca_cert,
+        shutdown,
+        task,
+        active,
+        registry,
+    })
+}
+
+/// Decrements the connection count when a session ends, however it ends.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop<S: Storage>(
+    node: Arc<Node<S>>,
+    endpoint: quinn::Endpoint,
+    mut stop: watch::Receiver<bool>,
+    active: Arc<AtomicUsize>,
+) {
+    let next_id = AtomicU64::new(1);
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(incoming) = incoming else { break };
+        if active.load(Ordering::Relaxed) >= node.config.max_connections {
+            tracing::warn!("connection cap reached; refusing");
+            incoming.refuse();
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let guard = Active(active.clone());
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let (node, stop) = (node.clone(), stop.clone());
+        sessions.spawn(async move {
+            let _guard = guard;
+            session::serve(node, incoming, id, stop).await;
+        });
+        // Reap finished sessions so the set does not grow with history.
+        while sessions.try_join_next().is_some() {}
+    }
+    tracing::info!(sessions = sessions.len(), "draining");
+    endpoint.set_server_config(None);
+    let drained = tokio::time::timeout(
+        node.config.drain_timeout + std::time::Duration::from_secs(1),
+        async { while sessions.join_next().await.is_some() {} },
+    )
+    .await;
+    if drained.is_err() {
+        sessions.abort_all();
+    }
+    endpoint.close(session::close::DRAINING.into(), b"node shutting down");
+    endpoint.wait_idle().await;
+    tracing::info!("node stopped");
+}

@@ -175,9 +175,8 @@ impl Envelope {
         if !header.recipients.contains(&header.sender) {
             return Err(EnvelopeError::SenderMissing);
         }
-        let too_large = |what, len, max| {
-            (len > max).then_some(EnvelopeError::TooLarge { what, len, max })
-        };
+        let too_large =
+            |what, len, max| (len > max).then_some(EnvelopeError::TooLarge { what, len, max });
         let checks = [
             too_large("ciphertext", self.sealed.ciphertext.len(), MAX_SEALED),
             too_large("signature", self.sealed.signature.len(), MAX_SIGNATURE),

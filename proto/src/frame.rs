@@ -31,7 +31,10 @@ pub fn encode_into<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<
     if len > MAX_FRAME {
         buf.truncate(start);
         *out = buf;
-        return Err(EncodeError::FrameTooLarge { len, max: MAX_FRAME });
+        return Err(EncodeError::FrameTooLarge {
+            len,
+            max: MAX_FRAME,
+        });
     }
     // `len <= MAX_FRAME < u32::MAX`, so the cast is lossless.
     buf[start..start + PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
@@ -78,7 +81,10 @@ pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
 
 /// Decodes the first frame of `buf`: `Ok(Some((msg, consumed)))`, or `Ok(None)` if the frame
 /// is not complete yet.
-pub fn decode<T: DeserializeOwned>(buf: &[u8], max: usize) -> Result<Option<(T, usize)>, DecodeError> {
+pub fn decode<T: DeserializeOwned>(
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(T, usize)>, DecodeError> {
     match check(buf, max)? {
         None => Ok(None),
         Some(total) => decode_body(&buf[PREFIX_LEN..total]).map(|msg| Some((msg, total))),
@@ -115,7 +121,7 @@ impl FrameDecoder {
 
     /// The next whole message, or `Ok(None)` until more bytes arrive. After an error the
     /// stream is unusable (framing is lost) and the caller should close it.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
         match decode(&self.buf, self.max)? {
             None => Ok(None),
             Some((msg, used)) => {
@@ -184,7 +190,10 @@ mod tests {
             decode_body::<Hello>(&body),
             Err(DecodeError::TrailingBytes { extra: 1 })
         );
-        assert!(matches!(decode_body::<Hello>(&[0xff; 3]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_body::<Hello>(&[0xff; 3]),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -206,14 +215,14 @@ mod tests {
         let mut got = Vec::new();
         for byte in &wire[..wire.len() - 1] {
             dec.push(&[*byte]);
-            while let Some(msg) = dec.next::<Hello>().unwrap() {
+            while let Some(msg) = dec.next_message::<Hello>().unwrap() {
                 got.push(msg);
             }
         }
         assert_eq!(got.len(), 1);
         assert_eq!(dec.finish(), Err(DecodeError::Truncated { missing: 1 }));
         dec.push(&wire[wire.len() - 1..]);
-        assert_eq!(dec.next::<Hello>().unwrap(), Some(hello()));
+        assert_eq!(dec.next_message::<Hello>().unwrap(), Some(hello()));
         assert_eq!(dec.finish(), Ok(()));
     }
 }

@@ -45,10 +45,9 @@ impl UserName {
                 allowed: "must start with a letter",
             });
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.'))
-        {
+        if !name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+        }) {
             return Err(InvalidId::Charset {
                 what: "user name",
                 allowed: "letters, digits, '_', '-' and '.'",
@@ -261,6 +260,9 @@ mod tests {
         let bytes = postcard::to_stdvec("1nvalid").unwrap();
         assert!(postcard::from_bytes::<UserName>(&bytes).is_err());
         let bytes = postcard::to_stdvec("Alice").unwrap();
-        assert_eq!(postcard::from_bytes::<UserName>(&bytes).unwrap().as_str(), "alice");
+        assert_eq!(
+            postcard::from_bytes::<UserName>(&bytes).unwrap().as_str(),
+            "alice"
+        );
     }
 }

@@ -40,7 +40,13 @@ fn variant<T: Debug>(msg: &T) -> String {
 fn hex_lines<T: Serialize + Debug>(examples: &[T]) -> String {
     examples
         .iter()
-        .map(|m| format!("{:<14} {}", variant(m), hex::encode(frame::encode(m).unwrap())))
+        .map(|m| {
+            format!(
+                "{:<14} {}",
+                variant(m),
+                hex::encode(frame::encode(m).unwrap())
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -162,7 +168,10 @@ fn client_to_node() -> Vec<ClientToNode> {
         },
         Logout { req: 4 },
         ListUsers { req: 5 },
-        FetchKeys { req: 6, user: bob() },
+        FetchKeys {
+            req: 6,
+            user: bob(),
+        },
         ReplaceKeys {
             req: 7,
             keys: keys(),
@@ -432,7 +441,7 @@ fn fuzz<T: DeserializeOwned + Serialize>(examples: &[T]) {
         }
         let mut dec = frame::FrameDecoder::default();
         dec.push(&input);
-        while let Ok(Some(_)) = dec.next::<T>() {}
+        while let Ok(Some(_)) = dec.next_message::<T>() {}
     }
     // Mutations that keep a frame valid exist, but most must be refused.
     assert!(decoded < FUZZ_INPUTS, "the decoder accepted every input");

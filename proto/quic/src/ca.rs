@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -215,8 +215,16 @@ impl Certified {
 
     /// Writes `<stem>.pem` (chain) and `<stem>.key` (0600) into `dir`.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<(), TlsError> {
-        write_file(&dir.join(format!("{stem}.pem")), self.chain_pem.as_bytes(), false)?;
-        write_file(&dir.join(format!("{stem}.key")), self.key_pem.as_bytes(), true)
+        write_file(
+            &dir.join(format!("{stem}.pem")),
+            self.chain_pem.as_bytes(),
+            false,
+        )?;
+        write_file(
+            &dir.join(format!("{stem}.key")),
+            self.key_pem.as_bytes(),
+            true,
+        )
     }
 
     /// Loads a chain and key from PEM files.
@@ -240,6 +248,9 @@ impl Certified {
 
     /// Loads `<stem>.pem` and `<stem>.key` from `dir`.
     pub fn load_from(dir: &Path, stem: &str) -> Result<Self, TlsError> {
-        Self::load(&dir.join(format!("{stem}.pem")), &dir.join(format!("{stem}.key")))
+        Self::load(
+            &dir.join(format!("{stem}.pem")),
+            &dir.join(format!("{stem}.key")),
+        )
     }
 }

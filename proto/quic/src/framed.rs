@@ -88,7 +88,9 @@ impl FramedRecv {
     pub async fn expect<T: DeserializeOwned>(&mut self) -> Result<T, FrameError> {
         self.recv()
             .await?
-            .ok_or(FrameError::Decode(DecodeError::Truncated { missing: PREFIX_LEN }))
+            .ok_or(FrameError::Decode(DecodeError::Truncated {
+                missing: PREFIX_LEN,
+            }))
     }
 
     /// Reads exactly `out.len()` bytes. Returns `false` if the stream ended before the first
@@ -97,12 +99,10 @@ impl FramedRecv {
         match self.inner.read_exact(out).await {
             Ok(()) => Ok(true),
             Err(quinn::ReadExactError::FinishedEarly(0)) if clean_end_ok => Ok(false),
-            Err(quinn::ReadExactError::FinishedEarly(got)) => {
-                Err(DecodeError::Truncated {
-                    missing: out.len() - got,
-                }
-                .into())
+            Err(quinn::ReadExactError::FinishedEarly(got)) => Err(DecodeError::Truncated {
+                missing: out.len() - got,
             }
+            .into()),
             Err(quinn::ReadExactError::ReadError(err)) => Err(err.into()),
         }
     }

@@ -107,13 +107,15 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match trust {
         Trust::Ca(ca) => builder.with_root_certificates(roots(ca)?),
-        Trust::Pinned { known, addr } => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinningVerifier::new(
-                known.clone(),
-                addr.clone(),
-                provider(),
-            ))),
+        Trust::Pinned { known, addr } => {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinningVerifier::new(
+                    known.clone(),
+                    addr.clone(),
+                    provider(),
+                )))
+        }
     };
     let mut tls = match identity {
         Some(id) => builder.with_client_auth_cert(id.chain().to_vec(), id.key())?,

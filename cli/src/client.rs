@@ -1,0 +1,475 @@
+//! A logged-in user: the connection plus everything end-to-end — the private keys, pinned
+//! peer keys, replay protection — so callers send and receive plaintext and the node only
+//! ever sees ciphertext.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quip_proto::client::Presence;
+use quip_proto::ids::{MsgId, SessionToken, UserName};
+use quip_proto::{ClientToNode, ContentKind, Conversation, ErrorCode, Header, NodeToClient};
+
+use crate::connection::{ConnectError, Connection, Event};
+use crate::e2e::{self, E2eError, Identity, KeyStore, PeerKeys, Pin, PinStore, Secrets, SeenIds};
+
+/// Something went wrong for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Talking to the node failed or it refused.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// Crypto or key files failed.
+    #[error(transparent)]
+    E2e(#[from] E2eError),
+    /// A peer's keys changed since they were pinned: nothing is sent to them (and nothing
+    /// from them is read) until the user compares safety numbers and accepts.
+    #[error(
+        "the keys of {user} have changed (was {old}, now {new}); compare safety numbers and \
+         run `quip keys accept {user}` if you trust the change"
+    )]
+    KeyChanged {
+        /// Whose keys.
+        user: UserName,
+        /// Fingerprint pinned before.
+        old: String,
+        /// Fingerprint presented now.
+        new: String,
+    },
+    /// The node answered with the wrong kind of message.
+    #[error("unexpected answer from the node")]
+    Unexpected,
+    /// A local file could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// The node's error code, if the node refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Connect(ConnectError::Refused { code, .. }) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A message shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its id.
+    pub id: MsgId,
+    /// Who sent it (verified by signature).
+    pub from: UserName,
+    /// Where it belongs.
+    pub conversation: Conversation,
+    /// The text.
+    pub text: String,
+    /// Sender's clock, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+}
+
+/// What reading the next push produced.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A verified, decrypted message (shown once: repeats are dropped).
+    Message(Message),
+    /// A delivery that failed verification: it is dropped (acknowledged) and reported.
+    Rejected {
+        /// The claimed sender.
+        from: UserName,
+        /// Why.
+        reason: String,
+    },
+    /// A delivery from someone whose keys changed: kept on the server, unread, until the
+    /// user accepts the new keys.
+    Held(ClientError),
+    /// The node asks us to reconnect elsewhere.
+    Reconnect {
+        /// Delay before reconnecting, ms.
+        after_ms: u32,
+    },
+    /// The connection ended.
+    Closed(String),
+}
+
+/// Where one account's files live: `<root>/<server>/<user>/`.
+pub fn user_dir(root: &Path, server: &str, user: &UserName) -> PathBuf {
+    let server: String = server
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    root.join(server).join(user.as_str())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn random_id() -> MsgId {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes);
+    MsgId(bytes)
+}
+
+/// A logged-in user.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection,
+    me: UserName,
+    identity: Identity,
+    pins: PinStore,
+    seen: SeenIds,
+    keys: HashMap<UserName, PeerKeys>,
+    token: SessionToken,
+    dir: PathBuf,
+}
+
+fn logged_in(answer: NodeToClient) -> Result<(UserName, SessionToken, Vec<u8>), ClientError> {
+    match answer {
+        NodeToClient::LoggedIn {
+            user,
+            token,
+            backup,
+            ..
+        } => Ok((user, token, backup)),
+        _ => Err(ClientError::Unexpected),
+    }
+}
+
+impl Client {
+    /// Creates an account: new key pairs (`bits` each), a key file encrypted with the
+    /// password in `dir`, and an encrypted backup on the server.
+    pub async fn signup(
+        conn: Connection,
+        dir: &Path,
+        user: &UserName,
+        password: &str,
+        bits: usize,
+    ) -> Result<Self, ClientError> {
+        let secrets = derive(user, password).await?;
+        let identity = tokio::task::spawn_blocking(move || Identity::generate(bits))
+            .await
+            .map_err(|_| ClientError::Unexpected)??;
+        let backup = e2e::encrypt_backup(&identity, &secrets, user)?;
+        let answer = conn
+            .request(|req| ClientToNode::Signup {
+                req,
+                user: user.clone(),
+                secret: secrets.login().to_vec(),
+                keys: identity.public_keys(),
+                backup,
+            })
+            .await?;
+        let (me, token, _) = logged_in(answer)?;
+        KeyStore::new(dir).save(&identity, &secrets)?;
+        Self::open(conn, me, identity, token, dir)
+    }
+
+    /// Logs in. The private keys come from `dir`, or, on a new machine or directory, from
+    /// the encrypted backup on the server (and are then saved to `dir`).
+    pub async fn login(
+        conn: Connection,
+        dir: &Path,
+        user: &UserName,
+        password: &str,
+    ) -> Result<Self, ClientError> {
+        let secrets = derive(user, password).await?;
+        let answer = conn
+            .request(|req| ClientToNode::Login {
+                req,
+                user: user.clone(),
+                secret: secrets.login().to_vec(),
+            })
+            .await?;
+        let (me, token, backup) = logged_in(answer)?;
+        // The backup on the server is the account's truth (it is what makes logging in from
+        // any directory or machine work); the key file in `dir` is written where missing.
+        let identity = e2e::decrypt_backup(&backup, &secrets, &me)?;
+        let store = KeyStore::new(dir);
+        if !store.exists() {
+            store.save(&identity, &secrets)?;
+        }
+        Self::open(conn, me, identity, token, dir)
+    }
+
+    fn open(
+        conn: Connection,
+        me: UserName,
+        identity: Identity,
+        token: SessionToken,
+        dir: &Path,
+    ) -> Result<Self, ClientError> {
+        let mut pins = PinStore::open(dir)?;
+        let own = identity.public_keys();
+        if pins.check(&me, &own) != Pin::Same {
+            pins.accept(&me, &own)?;
+        }
+        let mut keys = HashMap::new();
+        keys.insert(me.clone(), identity.peer_keys().clone());
+        Ok(Self {
+            conn,
+            seen: SeenIds::open(dir)?,
+            pins,
+            keys,
+            identity,
+            token,
+            me,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Resumes this session on a new connection (after a node went away) with the session
+    /// token: no password, no bcrypt.
+    pub async fn resume(&mut self, conn: Connection) -> Result<(), ClientError> {
+        let token = self.token.clone();
+        let answer = conn
+            .request(|req| ClientToNode::Resume { req, token })
+            .await?;
+        logged_in(answer)?;
+        let old = std::mem::replace(&mut self.conn, conn);
+        drop(old);
+        Ok(())
+    }
+
+    /// Who we are.
+    pub fn me(&self) -> &UserName {
+        &self.me
+    }
+
+    /// This account's data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The session token (to resume after a reconnect).
+    pub fn token(&self) -> &SessionToken {
+        &self.token
+    }
+
+    /// The connection, for requests this type does not wrap.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Every user and whether they are online.
+    pub async fn users(&self) -> Result<Vec<Presence>, ClientError> {
+        match self
+            .conn
+            .request(|req| ClientToNode::ListUsers { req })
+            .await?
+        {
+            NodeToClient::Users { users, .. } => Ok(users),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    async fn fetch_keys(&self, user: &UserName) -> Result<quip_proto::PublicKeys, ClientError> {
+        let answer = self
+            .conn
+            .request(|req| ClientToNode::FetchKeys {
+                req,
+                user: user.clone(),
+            })
+            .await?;
+        match answer {
+            NodeToClient::Keys { keys, .. } => Ok(keys),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// `user`'s keys, pinned on first use; a change is [`ClientError::KeyChanged`].
+    pub async fn peer_keys(&mut self, user: &UserName) -> Result<PeerKeys, ClientError> {
+        if let Some(keys) = self.keys.get(user) {
+            return Ok(keys.clone());
+        }
+        let offered = self.fetch_keys(user).await?;
+        let keys = match self.pins.check(user, &offered) {
+            Pin::New => self.pins.pin(user, &offered)?,
+            Pin::Same => PeerKeys::from_public(&offered)?,
+            Pin::Changed {
+                old_fingerprint,
+                new_fingerprint,
+            } => {
+                return Err(ClientError::KeyChanged {
+                    user: user.clone(),
+                    old: old_fingerprint,
+                    new: new_fingerprint,
+                });
+            }
+        };
+        self.keys.insert(user.clone(), keys.clone());
+        Ok(keys)
+    }
+
+    /// Accepts `user`'s current keys after a change.
+    pub async fn accept_keys(&mut self, user: &UserName) -> Result<(), ClientError> {
+        let offered = self.fetch_keys(user).await?;
+        let keys = self.pins.accept(user, &offered)?;
+        self.keys.insert(user.clone(), keys);
+        Ok(())
+    }
+
+    /// The safety number of our conversation with `user`, to compare out of band.
+    pub async fn safety_number(&mut self, user: &UserName) -> Result<String, ClientError> {
+        let theirs = match self.pins.get(user) {
+            Some(keys) => keys.clone(),
+            None => {
+                self.peer_keys(user).await?;
+                self.fetch_keys(user).await?
+            }
+        };
+        Ok(e2e::safety_number(
+            &self.me,
+            &self.identity.public_keys(),
+            user,
+            &theirs,
+        ))
+    }
+
+    /// Our own key fingerprint.
+    pub fn fingerprint(&self) -> String {
+        e2e::fingerprint(&self.identity.public_keys())
+    }
+
+    /// Encrypts `text` for `to` and waits until the node has stored it.
+    pub async fn send_text(&mut self, to: &UserName, text: &str) -> Result<MsgId, ClientError> {
+        let theirs = self.peer_keys(to).await?;
+        let header = Header {
+            id: random_id(),
+            sender: self.me.clone(),
+            conversation: Conversation::Direct(to.clone()),
+            kind: ContentKind::Text,
+            sent_at_ms: now_ms(),
+            recipients: Vec::new(),
+        };
+        let mine = self.identity.peer_keys().clone();
+        let envelope = e2e::seal(
+            &self.identity,
+            header,
+            &[(self.me.clone(), &mine), (to.clone(), &theirs)],
+            text.as_bytes(),
+        )?;
+        let id = envelope.sealed.header.id;
+        match self
+            .conn
+            .request(|req| ClientToNode::Send { req, envelope })
+            .await?
+        {
+            NodeToClient::Stored { .. } => Ok(id),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    async fn ack(&self, id: MsgId) -> Result<(), ClientError> {
+        self.conn
+            .send(&ClientToNode::Ack { ids: vec![id] })
+            .await
+            .map_err(Into::into)
+    }
+
+    /// Waits for the next thing worth showing. Repeats of a message already shown are
+    /// acknowledged and skipped.
+    pub async fn next(&mut self) -> Incoming {
+        loop {
+            let event = self.recv_event().await;
+            if let Some(incoming) = self.handle_event(event).await {
+                return incoming;
+            }
+        }
+    }
+
+    /// Waits for the next push from the node. Cancel-safe: use it in `select!` and pass what
+    /// it returns to [`handle_event`](Self::handle_event).
+    pub async fn recv_event(&mut self) -> Option<Event> {
+        self.conn.next_event().await
+    }
+
+    /// Verifies, decrypts and acknowledges one push; `None` if there is nothing to show.
+    pub async fn handle_event(&mut self, event: Option<Event>) -> Option<Incoming> {
+        let delivery = match event {
+            None => return Some(Incoming::Closed("connection closed".into())),
+            Some(Event::Deliver(delivery)) => delivery,
+            Some(Event::Reconnect { after_ms, .. }) => {
+                return Some(Incoming::Reconnect { after_ms });
+            }
+            Some(Event::Closed(why)) => return Some(Incoming::Closed(why)),
+            Some(Event::GroupChanged(_) | Event::Presence(_)) => return None,
+        };
+        let header = &delivery.sealed.header;
+        let (id, from) = (header.id, header.sender.clone());
+        if self.seen.contains(&id) {
+            let _ = self.ack(id).await;
+            return None;
+        }
+        let sender_keys = match self.peer_keys(&from).await {
+            Ok(keys) => keys,
+            Err(err @ ClientError::KeyChanged { .. }) => return Some(Incoming::Held(err)),
+            Err(err) => {
+                return Some(Incoming::Rejected {
+                    from,
+                    reason: err.to_string(),
+                });
+            }
+        };
+        let opened = e2e::open(&self.identity, &self.me, &delivery, &sender_keys)
+            .and_then(|plain| String::from_utf8(plain).map_err(|_| E2eError::Tampered));
+        // Acknowledge either way: a forged or tampered delivery would otherwise come back
+        // forever.
+        let _ = self.seen.insert(id);
+        let _ = self.ack(id).await;
+        Some(match opened {
+            Ok(text) => Incoming::Message(Message {
+                id,
+                from,
+                conversation: delivery.sealed.header.conversation.clone(),
+                text,
+                sent_at_ms: delivery.sealed.header.sent_at_ms,
+            }),
+            Err(err) => Incoming::Rejected {
+                from,
+                reason: format!("message refused: {err}"),
+            },
+        })
+    }
+
+    /// Like [`next`](Self::next) but gives up after `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Incoming> {
+        tokio::time::timeout(wait, self.next()).await.ok()
+    }
+
+    /// Logs out (the token stops working) and closes the connection.
+    pub async fn logout(self) -> Result<(), ClientError> {
+        self.conn
+            .request(|req| ClientToNode::Logout { req })
+            .await?;
+        self.conn.close().await;
+        Ok(())
+    }
+
+    /// Closes the connection; the session token stays valid.
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+}
+
+async fn derive(user: &UserName, password: &str) -> Result<Secrets, ClientError> {
+    let (user, password) = (user.clone(), password.to_owned());
+    tokio::task::spawn_blocking(move || Secrets::derive(&user, &password))
+        .await
+        .map_err(|_| ClientError::Unexpected)?
+        .map_err(Into::into)
+}

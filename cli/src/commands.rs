@@ -1,0 +1,171 @@
+//! The script subcommands (`register`, `send`, `recv`, `users`, `keys`) and what they share
+//! with the interactive program: finding the data directory, connecting, reading the
+//! password.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use quip_cli::e2e::DEFAULT_KEY_BITS;
+use quip_cli::{Client, ClientError, ConnectError, Connection, Incoming};
+use quip_proto::ErrorCode;
+use quip_proto::ids::UserName;
+use quip_quic::{KnownCas, Trust};
+
+use crate::args::{Cli, Command, KeysAction, ServerArgs, UserArgs};
+
+/// Everything needed to reach the server and find local files.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) server: ServerArgs,
+    pub(crate) root: PathBuf,
+}
+
+impl Target {
+    pub(crate) fn new(server: ServerArgs) -> anyhow::Result<Self> {
+        let root = match &server.data_dir {
+            Some(dir) => dir.clone(),
+            None => directories::ProjectDirs::from("", "", "quip")
+                .context("cannot find a home directory; pass --data-dir")?
+                .data_dir()
+                .to_owned(),
+        };
+        Ok(Self { server, root })
+    }
+
+    /// The key the account's files are stored under (the server's address).
+    pub(crate) fn server_key(&self) -> String {
+        self.server.node.to_string()
+    }
+
+    pub(crate) fn user_dir(&self, user: &UserName) -> PathBuf {
+        quip_cli::user_dir(&self.root, &self.server_key(), user)
+    }
+
+    pub(crate) async fn connect(&self) -> Result<Connection, ConnectError> {
+        let trust = match &self.server.ca {
+            Some(path) => Trust::from_ca_file(path)?,
+            None => Trust::Pinned {
+                known: KnownCas::new(self.root.join("known_cas")),
+                addr: self.server_key(),
+            },
+        };
+        Connection::connect(self.server.node, quip_quic::names::NODE, &trust).await
+    }
+}
+
+/// The password from `QUIP_PASSWORD`, or a prompt that does not echo.
+pub(crate) fn password(prompt: &str) -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("QUIP_PASSWORD") {
+        return Ok(password);
+    }
+    rpassword::prompt_password(prompt).context("cannot read the password")
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let target = Target::new(cli.server)?;
+    match cli.command {
+        Command::Connect => crate::ui::run(target).await,
+        Command::Register(UserArgs { user }) => {
+            let pw = password("Password: ")?;
+            let client = Client::signup(
+                target.connect().await?,
+                &target.user_dir(&user),
+                &user,
+                &pw,
+                DEFAULT_KEY_BITS,
+            )
+            .await?;
+            println!(
+                "registered {}; key fingerprint {}",
+                client.me(),
+                client.fingerprint()
+            );
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send { who, to, text } => {
+            let mut client = login(&target, &who.user).await?;
+            client.send_text(&to, &text).await?;
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Recv { who, wait } => {
+            let mut client = login(&target, &who.user).await?;
+            let wait = Duration::from_secs_f64(wait.clamp(0.0, 86_400.0));
+            while let Some(incoming) = client.next_within(wait).await {
+                match incoming {
+                    Incoming::Message(m) => println!("{}: {}", m.from, m.text),
+                    Incoming::Rejected { from, reason } => {
+                        eprintln!("refused a message from {from}: {reason}")
+                    }
+                    Incoming::Held(err) => eprintln!("{err}"),
+                    Incoming::Reconnect { .. } | Incoming::Closed(_) => break,
+                }
+            }
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Users(UserArgs { user }) => {
+            let client = login(&target, &user).await?;
+            for presence in client.users().await? {
+                let state = if presence.online { "online" } else { "offline" };
+                println!("{} {state}", presence.user);
+            }
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { who, action } => {
+            let mut client = login(&target, &who.user).await?;
+            match action {
+                KeysAction::Show => println!("{}", client.fingerprint()),
+                KeysAction::Fingerprint { peer } => {
+                    println!("{}", client.safety_number(&peer).await?)
+                }
+                KeysAction::Accept { peer } => {
+                    client.accept_keys(&peer).await?;
+                    println!("now trusting the current keys of {peer}");
+                }
+            }
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn login(target: &Target, user: &UserName) -> anyhow::Result<Client> {
+    let pw = password("Password: ")?;
+    let conn = target.connect().await?;
+    Ok(Client::login(conn, &target.user_dir(user), user, &pw).await?)
+}
+
+/// The exit code documented in `quip --help` for an error.
+pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
+    let connect = err
+        .downcast_ref::<ClientError>()
+        .and_then(|e| match e {
+            ClientError::Connect(c) => Some(c),
+            ClientError::KeyChanged { .. } => None,
+            _ => None,
+        })
+        .or_else(|| err.downcast_ref::<ConnectError>());
+    if matches!(
+        err.downcast_ref::<ClientError>(),
+        Some(ClientError::KeyChanged { .. })
+    ) {
+        return 5;
+    }
+    match connect {
+        Some(ConnectError::Refused { code, .. }) => match code {
+            ErrorCode::InvalidCredentials
+            | ErrorCode::Throttled
+            | ErrorCode::UserExists
+            | ErrorCode::SessionExpired => 3,
+            ErrorCode::NoService | ErrorCode::Busy => 4,
+            _ => 6,
+        },
+        Some(ConnectError::Unreachable { .. } | ConnectError::Lost(_)) => 4,
+        _ => 1,
+    }
+}

@@ -1,0 +1,245 @@
+//! A connection to a node: QUIC with a verified certificate, the control-stream handshake,
+//! request/answer matching by request id, and a stream of pushes (deliveries, group changes,
+//! reconnect requests). No end-to-end crypto here: see [`crate::client`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use quip_proto::limits::MAX_FRAME;
+use quip_proto::{ClientToNode, Delivery, ErrorCode, NodeToClient, ReqId, SignedChange};
+use quip_quic::{FrameError, FramedSend, Limits, Trust};
+use tokio::sync::{mpsc, oneshot};
+
+/// Software name sent in hellos.
+pub const AGENT: &str = concat!("quip/", env!("CARGO_PKG_VERSION"));
+
+/// Pushes waiting to be read before the connection stops reading the stream.
+const EVENTS: usize = 8192;
+
+/// Talking to a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing answered at the address, or the handshake failed.
+    #[error("cannot connect to {addr}: {reason}")]
+    Unreachable {
+        /// The address tried.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The server's certificate chain is not the pinned cluster CA.
+    #[error(transparent)]
+    Pin(#[from] quip_quic::PinError),
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] quip_quic::TlsError),
+    /// The node speaks another protocol version.
+    #[error("{0}")]
+    Version(String),
+    /// The node refused the request.
+    #[error("{message}")]
+    Refused {
+        /// Stable code.
+        code: ErrorCode,
+        /// The node's explanation.
+        message: String,
+    },
+    /// The connection broke.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The node answered with something unexpected.
+    #[error("unexpected answer from the node: {0}")]
+    Unexpected(&'static str),
+}
+
+impl From<FrameError> for ConnectError {
+    fn from(err: FrameError) -> Self {
+        Self::Lost(err.to_string())
+    }
+}
+
+/// A push from the node.
+#[derive(Debug)]
+pub enum Event {
+    /// A message for us.
+    Deliver(Delivery),
+    /// A group we are in changed.
+    GroupChanged(SignedChange),
+    /// Someone's presence changed.
+    Presence(quip_proto::client::Presence),
+    /// The node is draining: reconnect after `after_ms`.
+    Reconnect {
+        /// Delay before reconnecting.
+        after_ms: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The connection ended.
+    Closed(String),
+}
+
+type Pending = Arc<Mutex<HashMap<ReqId, oneshot::Sender<NodeToClient>>>>;
+
+/// An open, version-checked connection to a node.
+#[derive(Debug)]
+pub struct Connection {
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    send: tokio::sync::Mutex<FramedSend>,
+    pending: Pending,
+    next_req: AtomicU32,
+    events: mpsc::Receiver<Event>,
+}
+
+impl Connection {
+    /// Connects to the node at `addr`, verifying its certificate per `trust` for
+    /// `server_name`, and exchanges hellos.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        trust: &Trust,
+    ) -> Result<Self, ConnectError> {
+        let limits = Limits::client();
+        let config = quip_quic::client_config(trust, quip_proto::ALPN_CLIENT, None, &limits)?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("valid")
+        } else {
+            "0.0.0.0:0".parse().expect("valid")
+        };
+        let endpoint =
+            quip_quic::client_endpoint(bind, &limits).map_err(|e| ConnectError::Unreachable {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let unreachable = |reason: String| ConnectError::Unreachable { addr, reason };
+        let connecting = endpoint
+            .connect_with(config, addr, server_name)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = match connecting.await {
+            Ok(conn) => conn,
+            Err(err) => {
+                if let Trust::Pinned { known, .. } = trust
+                    && let Some(pin) = known.take_error()
+                {
+                    return Err(pin.into());
+                }
+                return Err(unreachable(err.to_string()));
+            }
+        };
+        let (send, mut recv, hello) = quip_quic::open_control(&conn, AGENT, MAX_FRAME).await?;
+        hello.check_version().map_err(ConnectError::Version)?;
+        let pending = Pending::default();
+        let (tx, events) = mpsc::channel(EVENTS);
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let end = loop {
+                match recv.recv::<NodeToClient>().await {
+                    Ok(Some(msg)) => route(msg, &reader_pending, &tx).await,
+                    Ok(None) => break "the node closed the connection".to_owned(),
+                    Err(err) => break err.to_string(),
+                }
+            };
+            // Fail every request still waiting.
+            reader_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            let _ = tx.send(Event::Closed(end)).await;
+        });
+        Ok(Self {
+            conn,
+            endpoint,
+            send: tokio::sync::Mutex::new(send),
+            pending,
+            next_req: AtomicU32::new(1),
+            events,
+        })
+    }
+
+    /// Sends a request built around a fresh request id and waits for its answer. An `Error`
+    /// answer becomes [`ConnectError::Refused`].
+    pub async fn request(
+        &self,
+        build: impl FnOnce(ReqId) -> ClientToNode,
+    ) -> Result<NodeToClient, ConnectError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req, tx);
+        self.send(&build(req)).await?;
+        match rx.await {
+            Ok(NodeToClient::Error { code, message, .. }) => {
+                Err(ConnectError::Refused { code, message })
+            }
+            Ok(answer) => Ok(answer),
+            Err(_) => Err(ConnectError::Lost(self.close_reason())),
+        }
+    }
+
+    /// Sends a message that has no answer (acknowledgements).
+    pub async fn send(&self, msg: &ClientToNode) -> Result<(), ConnectError> {
+        self.send.lock().await.send(msg).await?;
+        Ok(())
+    }
+
+    /// The next push; `None` once the connection is gone and every push was read.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The underlying QUIC connection (for image streams).
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    fn close_reason(&self) -> String {
+        self.conn
+            .close_reason()
+            .map_or_else(|| "the connection closed".to_owned(), |r| r.to_string())
+    }
+
+    /// Closes the connection and waits until the node has been told.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+async fn route(msg: NodeToClient, pending: &Pending, events: &mpsc::Sender<Event>) {
+    use NodeToClient::*;
+    let req = match &msg {
+        LoggedIn { req, .. }
+        | Done { req }
+        | Users { req, .. }
+        | Keys { req, .. }
+        | Stored { req, .. }
+        | Groups { req, .. }
+        | Group { req, .. }
+        | Pong { req } => Some(*req),
+        Error { req, .. } => *req,
+        Deliver(_) | Presence(_) | GroupChanged { .. } | Reconnect { .. } => None,
+    };
+    if let Some(req) = req {
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&req);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(msg);
+        }
+        return;
+    }
+    let event = match msg {
+        Deliver(delivery) => Event::Deliver(delivery),
+        Presence(presence) => Event::Presence(presence),
+        GroupChanged { change } => Event::GroupChanged(change),
+        Reconnect { after_ms, reason } => Event::Reconnect { after_ms, reason },
+        Error { message, .. } => Event::Closed(message),
+        _ => return,
+    };
+    let _ = events.send(event).await;
+}

@@ -1,0 +1,41 @@
+//! `quip`: parses flags and runs the interactive program or one script subcommand.
+
+mod args;
+mod commands;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUIP_LOG")
+                .unwrap_or_else(|_| "warn,quinn=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("quip: cannot start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(commands::run(cli));
+    // Don't wait for lingering tasks (a reader blocked on a closed connection).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("quip: {err:#}");
+            ExitCode::from(commands::exit_code(&err))
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The interactive program, driven through its prompts like a person would: the real `quip`
+//! binary with piped stdin and stdout, against an in-process node.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quip_cli::{Client, Incoming};
+use quip_node::NodeConfig;
+use quip_proto::ids::UserName;
+use quip_quic::Trust;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A running `quip connect`, read and written like a terminal session.
+struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    seen: String,
+    cursor: usize,
+}
+
+impl Session {
+    fn start(node: &str, ca: &Path, data: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quip"))
+            .args(["--node", node, "--ca"])
+            .arg(ca)
+            .arg("--data-dir")
+            .arg(data)
+            .arg("connect")
+            .env_remove("QUIP_PASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("quip starts");
+        Self {
+            stdin: child.stdin.take().unwrap(),
+            stdout: child.stdout.take().unwrap(),
+            child,
+            seen: String::new(),
+            cursor: 0,
+        }
+    }
+
+    /// Waits until `needle` appears in the output after what was already matched.
+    async fn expect(&mut self, needle: &str) {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(at) = self.seen[self.cursor..].find(needle) {
+                    self.cursor += at + needle.len();
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                let n = self.stdout.read(&mut buf).await.unwrap();
+                assert!(
+                    n > 0,
+                    "quip exited before printing {needle:?}; output:\n{}",
+                    self.seen
+                );
+                self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "no {needle:?} within {WAIT:?}; output:\n{}",
+            self.seen
+        );
+    }
+
+    async fn type_line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    async fn answer(&mut self, prompt: &str, line: &str) {
+        self.expect(prompt).await;
+        self.type_line(line).await;
+    }
+
+    async fn exit_code(mut self) -> i32 {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signup_chat_and_exit_through_the_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(
+        quip_storage::Store::connect(&format!("sqlite://{}", dir.path().join("q.db").display()))
+            .await
+            .unwrap(),
+    );
+    let mut config = NodeConfig::new(
+        "node-ui".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("node"),
+    );
+    config.bcrypt_cost = 4;
+    let node = quip_node::start(config, storage).await.unwrap();
+    let addr = node.local_addr().to_string();
+    let ca = node.ca_cert_path().to_owned();
+    let trust = Trust::from_ca_file(&ca).unwrap();
+
+    // Bob uses the library; alice uses the program.
+    let bob_name = UserName::new("bob").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let conn = quip_cli::Connection::connect(node.local_addr(), quip_quic::names::NODE, &trust)
+        .await
+        .unwrap();
+    let bob_dir = quip_cli::user_dir(home.path(), &addr, &bob_name);
+    let mut bob = Client::signup(conn, &bob_dir, &bob_name, "bob's password", 2048)
+        .await
+        .unwrap();
+
+    let alice_data = tempfile::tempdir().unwrap();
+    let mut ui = Session::start(&addr, &ca, alice_data.path());
+    ui.answer("LOGIN or SIGNUP: ", "SIGNUP").await;
+    ui.answer("Username: ", "alice").await;
+    ui.answer("Password: ", "alice's password").await;
+    ui.answer("Repeat password: ", "alice's password").await;
+    ui.expect("Welcome, alice.").await;
+    ui.expect("bob (online)").await;
+    ui.answer("> ", "1").await;
+    ui.answer("Chat with: ", "bob").await;
+    ui.answer("text/image/0: ", "text").await;
+    ui.answer("Message: ", "hello from the prompt").await;
+    ui.expect("(sent)").await;
+
+    match bob.next_within(WAIT).await {
+        Some(Incoming::Message(m)) => {
+            assert_eq!(m.from.as_str(), "alice");
+            assert_eq!(m.text, "hello from the prompt");
+        }
+        other => panic!("bob expected alice's message, got {other:?}"),
+    }
+    // An incoming message prints while alice sits at the prompt.
+    bob.send_text(&UserName::new("alice").unwrap(), "hi alice")
+        .await
+        .unwrap();
+    ui.expect("bob: hi alice").await;
+
+    ui.type_line("0").await;
+    ui.answer("> ", "@#@EXIT@#@").await;
+    ui.expect("Bye.").await;
+    assert_eq!(ui.exit_code().await, 0);
+
+    // Logging in again from the same directory works through the same prompts.
+    let mut again = Session::start(&addr, &ca, alice_data.path());
+    again.answer("LOGIN or SIGNUP: ", "LOGIN").await;
+    again.answer("Username: ", "alice").await;
+    again.answer("Password: ", "wrong password").await;
+    again.expect("wrong user name or password").await;
+    again.answer("LOGIN or SIGNUP: ", "LOGIN").await;
+    again.answer("Username: ", "alice").await;
+    again.answer("Password: ", "alice's password").await;
+    again.expect("Welcome, alice.").await;
+    again.answer("> ", "@#@EXIT@#@").await;
+    assert_eq!(again.exit_code().await, 0);
+}

@@ -1,0 +1,76 @@
+//! Node configuration: everything `quip-node` reads from flags and the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quip_proto::ids::NodeName;
+
+/// Where the node's TLS identity comes from.
+#[derive(Debug, Clone)]
+pub enum NodeTls {
+    /// A standalone node: a CA and a node certificate are created in the data directory on
+    /// first start (`ca.pem` is what clients pass as `--ca`, or pin on first use).
+    SelfManaged,
+    /// Files issued by the cluster CA (`quip-master issue-node`).
+    Files {
+        /// Certificate chain (PEM), leaf first.
+        cert: PathBuf,
+        /// Private key (PEM).
+        key: PathBuf,
+        /// The cluster CA certificate (PEM).
+        ca: PathBuf,
+    },
+}
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's name (its certificate's subject).
+    pub name: NodeName,
+    /// UDP address to serve clients on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Where the node keeps its certificates (and the SQLite database by default).
+    pub data_dir: PathBuf,
+    /// TLS identity.
+    pub tls: NodeTls,
+    /// Most concurrent client connections; more are refused (clients go elsewhere).
+    pub max_connections: usize,
+    /// Largest image (ciphertext bytes) accepted.
+    pub max_image_bytes: u64,
+    /// bcrypt cost for login secrets (≥ 12 outside tests).
+    pub bcrypt_cost: u32,
+    /// Most bcrypt computations running at once.
+    pub bcrypt_parallelism: usize,
+    /// How long a session token stays valid.
+    pub token_ttl: Duration,
+    /// How long a graceful shutdown waits for clients to leave.
+    pub drain_timeout: Duration,
+    /// Failed logins per account within [`Self::throttle_window`] before it is throttled.
+    pub max_failures_per_user: u32,
+    /// Failed logins per address within the window before it is throttled.
+    pub max_failures_per_addr: u32,
+    /// Length of the throttling window.
+    pub throttle_window: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node called `name` serving on `listen` with data in `data_dir`.
+    pub fn new(name: NodeName, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            name,
+            listen,
+            data_dir,
+            tls: NodeTls::SelfManaged,
+            max_connections: 50_000,
+            max_image_bytes: quip_proto::limits::DEFAULT_MAX_IMAGE,
+            bcrypt_cost: 12,
+            bcrypt_parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            token_ttl: Duration::from_secs(30 * 86_400),
+            drain_timeout: Duration::from_secs(5),
+            max_failures_per_user: 5,
+            max_failures_per_addr: 20,
+            throttle_window: Duration::from_secs(600),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! SIGNUP, LOGIN, resume and logout.
+
+use quip_proto::ids::{SessionToken, UserName};
+use quip_proto::limits::{MAX_KEY_BACKUP, MAX_LOGIN_SECRET, MAX_PUBLIC_KEY};
+use quip_proto::{ErrorCode, NodeToClient, PublicKeys, ReqId};
+use quip_storage::{NewUser, Storage, StorageError};
+
+use super::now_ms;
+use crate::auth::{new_token, token_hash};
+use crate::session::{Login, Refusal, Session};
+
+/// Shortest login secret accepted (clients send 32 bytes).
+const MIN_LOGIN_SECRET: usize = 16;
+
+fn check_secret(secret: &[u8]) -> Result<(), Refusal> {
+    if !(MIN_LOGIN_SECRET..=MAX_LOGIN_SECRET).contains(&secret.len()) {
+        return Err(Refusal::new(
+            ErrorCode::Malformed,
+            format!("login secret must be {MIN_LOGIN_SECRET} to {MAX_LOGIN_SECRET} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn not_logged_in<S: Storage>(session: &Session<S>) -> Result<(), Refusal> {
+    match &session.login {
+        Some(login) => Err(Refusal::new(
+            ErrorCode::AlreadyLoggedIn,
+            format!("already logged in as {}", login.user),
+        )),
+        None => Ok(()),
+    }
+}
+
+pub(crate) async fn signup<S: Storage>(
+    session: &mut Session<S>,
+    req: ReqId,
+    user: UserName,
+    secret: Vec<u8>,
+    keys: PublicKeys,
+    backup: Vec<u8>,
+) -> Result<(), Refusal> {
+    not_logged_in(session)?;
+    check_secret(&secret)?;
+    for (what, len, max) in [
+        ("encryption key", keys.encryption.len(), MAX_PUBLIC_KEY),
+        ("signing key", keys.signing.len(), MAX_PUBLIC_KEY),
+        ("key backup", backup.len(), MAX_KEY_BACKUP),
+    ] {
+        if len == 0 || len > max {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("{what} must be 1 to {max} bytes (got {len})"),
+            ));
+        }
+    }
+    let node = session.node.clone();
+    if node
+        .storage
+        .user(&user)
+        .await
+        .map_err(Refusal::internal)?
+        .is_some()
+    {
+        return Err(taken(&user));
+    }
+    let password_hash = node
+        .auth
+        .hasher
+        .hash(secret)
+        .await
+        .map_err(Refusal::internal)?;
+    let created = node
+        .storage
+        .create_user(&NewUser {
+            name: user.clone(),
+            password_hash,
+            encryption_key: keys.encryption,
+            signing_key: keys.signing,
+            key_backup: backup.clone(),
+            created_at: now_ms(),
+        })
+        .await;
+    match created {
+        Ok(()) => {}
+        Err(StorageError::AlreadyExists { .. }) => return Err(taken(&user)),
+        Err(err) => return Err(Refusal::internal(err)),
+    }
+    tracing::info!(%user, "signed up");
+    start_session(session, req, user, backup).await
+}
+
+fn taken(user: &UserName) -> Refusal {
+    Refusal::new(
+        ErrorCode::UserExists,
+        format!("the user name {user} is already taken"),
+    )
+}
+
+pub(crate) async fn login<S: Storage>(
+    session: &mut Session<S>,
+    req: ReqId,
+    user: UserName,
+    secret: Vec<u8>,
+) -> Result<(), Refusal> {
+    not_logged_in(session)?;
+    check_secret(&secret)?;
+    let node = session.node.clone();
+    let addr = session.remote.ip();
+    if let Some(wait) = node.auth.throttle.blocked_for(&user, addr) {
+        return Err(Refusal::new(
+            ErrorCode::Throttled,
+            format!(
+                "too many failed logins; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
+    let record = node.storage.user(&user).await.map_err(Refusal::internal)?;
+    let hash = record.as_ref().map(|r| r.password_hash.clone());
+    if !node.auth.hasher.verify(secret, hash).await {
+        node.auth.throttle.fail(&user, addr);
+        tracing::info!(%user, "failed login");
+        return Err(Refusal::new(
+            ErrorCode::InvalidCredentials,
+            "wrong user name or password",
+        ));
+    }
+    node.auth.throttle.succeed(&user);
+    let backup = record.map(|r| r.key_backup).unwrap_or_default();
+    start_session(session, req, user, backup).await
+}
+
+/// Issues a token and logs the session in.
+async fn start_session<S: Storage>(
+    session: &mut Session<S>,
+    req: ReqId,
+    user: UserName,
+    backup: Vec<u8>,
+) -> Result<(), Refusal> {
+    let node = session.node.clone();
+    let token = new_token();
+    let expires_at = now_ms() + node.config.token_ttl.as_millis() as i64;
+    node.storage
+        .create_session(&token_hash(&token), &user, expires_at)
+        .await
+        .map_err(Refusal::internal)?;
+    enter(session, req, user, token, expires_at, backup).await;
+    Ok(())
+}
+
+/// Answers `LoggedIn`, registers the session and starts delivering its queue.
+async fn enter<S: Storage>(
+    session: &mut Session<S>,
+    req: ReqId,
+    user: UserName,
+    token: SessionToken,
+    expires_at: i64,
+    backup: Vec<u8>,
+) {
+    let node = session.node.clone();
+    session
+        .send(&NodeToClient::LoggedIn {
+            req,
+            user: user.clone(),
+            token: token.clone(),
+            expires_at_ms: expires_at.max(0) as u64,
+            backup,
+            node: node.config.name.clone(),
+        })
+        .await;
+    node.registry.insert(&user, session.session_ref());
+    tracing::info!(%user, "logged in");
+    session.login = Some(Login { user, token });
+    session.spawn_drain();
+}
+
+pub(crate) async fn resume<S: Storage>(
+    session: &mut Session<S>,
+    req: ReqId,
+    token: SessionToken,
+) -> Result<(), Refusal> {
+    not_logged_in(session)?;
+    let node = session.node.clone();
+    let found = node
+        .storage
+        .session(&token_hash(&token), now_ms())
+        .await
+        .map_err(Refusal::internal)?;
+    let Some(found) = found else {
+        return Err(Refusal::new(
+            ErrorCode::SessionExpired,
+            "session expired or unknown; log in again",
+        ));
+    };
+    let backup = node
+        .storage
+        .user(&found.user)
+        .await
+        .map_err(Refusal::internal)?
+        .map(|r| r.key_backup)
+        .unwrap_or_default();
+    enter(session, req, found.user, token, found.expires_at, backup).await;
+    Ok(())
+}
+
+pub(crate) async fn logout<S: Storage>(
+    session: &mut Session<S>,
+    req: ReqId,
+) -> Result<(), Refusal> {
+    let Some(login) = session.login.take() else {
+        return Err(Refusal::new(ErrorCode::Unauthenticated, "not logged in"));
+    };
+    let node = session.node.clone();
+    node.registry.remove(&login.user, session.conn_id);
+    node.storage
+        .delete_session(&token_hash(&login.token))
+        .await
+        .map_err(Refusal::internal)?;
+    session.send(&NodeToClient::Done { req }).await;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Sending, acknowledging and draining messages. The node checks what it can see (the
+//! sender is the session's user, the recipients are real and match the wrapped keys), stores
+//! the envelope in every recipient's queue, answers `Stored`, and pushes to whoever is online.
+//! It never sees a plaintext.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quip_proto::client::deliver_prefix;
+use quip_proto::ids::{MsgId, UserName};
+use quip_proto::{ContentKind, Conversation, Envelope, ErrorCode, NodeToClient, ReqId};
+use quip_storage::{Enqueued, NewMessage, Storage};
+use tokio::sync::{mpsc, oneshot};
+
+use super::now_ms;
+use crate::Node;
+use crate::queue::Job;
+use crate::registry::Outgoing;
+use crate::session::{Refusal, Session};
+
+/// Messages read from storage per page when draining a queue.
+const DRAIN_PAGE: u32 = 512;
+/// Most ids in one acknowledgement.
+const MAX_ACK: usize = 4096;
+
+fn invalid(message: impl Into<String>) -> Refusal {
+    Refusal::new(ErrorCode::InvalidEnvelope, message)
+}
+
+/// Checks the routing a server can see, returning the recipients other than the sender.
+async fn check_route<S: Storage>(
+    node: &Node<S>,
+    sender: &UserName,
+    envelope: &Envelope,
+) -> Result<(), Refusal> {
+    envelope.check().map_err(|e| invalid(e.to_string()))?;
+    let header = &envelope.sealed.header;
+    if &header.sender != sender {
+        return Err(Refusal::new(
+            ErrorCode::SenderMismatch,
+            format!(
+                "envelope claims sender {} but you are {sender}",
+                header.sender
+            ),
+        ));
+    }
+    if header.kind != ContentKind::Text {
+        return Err(invalid("only text travels on the control stream"));
+    }
+    match &header.conversation {
+        Conversation::Direct(peer) => {
+            if peer == sender {
+                return Err(Refusal::new(
+                    ErrorCode::SelfMessage,
+                    "you cannot message yourself",
+                ));
+            }
+            if header.recipients.len() != 2 || !header.recipients.contains(peer) {
+                return Err(invalid("a direct message goes to exactly you and the peer"));
+            }
+            if node
+                .storage
+                .user(peer)
+                .await
+                .map_err(Refusal::internal)?
+                .is_none()
+            {
+                return Err(Refusal::new(
+                    ErrorCode::UnknownUser,
+                    format!("no user named {peer}"),
+                ));
+            }
+            Ok(())
+        }
+        Conversation::Group { .. } => Err(Refusal::new(
+            ErrorCode::WrongService,
+            "groups are not served by this node version",
+        )),
+    }
+}
+
+pub(crate) async fn send<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    envelope: Envelope,
+) -> Result<(), Refusal> {
+    let sender = session.user()?.clone();
+    let node = session.node.clone();
+    check_route(&node, &sender, &envelope).await?;
+    let id = envelope.sealed.header.id;
+    let sealed = Bytes::from(postcard::to_stdvec(&envelope.sealed).map_err(Refusal::internal)?);
+    let mut recipients = Vec::with_capacity(envelope.keys.len());
+    let mut prefixes = Vec::with_capacity(envelope.keys.len());
+    for key in envelope.keys.into_iter().filter(|k| k.recipient != sender) {
+        let prefix = deliver_prefix(&key.wrapped, sealed.len()).map_err(Refusal::internal)?;
+        prefixes.push((key.recipient.clone(), Bytes::from(prefix)));
+        recipients.push((key.recipient, key.wrapped));
+    }
+    let (done, stored) = oneshot::channel();
+    let job = Job {
+        message: NewMessage {
+            id,
+            sealed: sealed.to_vec(),
+            blob: None,
+            recipients,
+            created_at: now_ms(),
+        },
+        sealed,
+        prefixes,
+        done,
+    };
+    if node.enqueuer.submit(job).await.is_err() {
+        return Err(Refusal::new(ErrorCode::Busy, "node is shutting down"));
+    }
+    // Answer from a task so the session keeps reading while the batch commits; the order of
+    // storage and pushes is fixed by the enqueuer already.
+    let outbox = session.outbox.clone();
+    tokio::spawn(async move {
+        let answer = match stored.await {
+            Ok(Ok(outcome)) => NodeToClient::Stored {
+                req,
+                id,
+                fresh: outcome == Enqueued::Stored,
+            },
+            _ => NodeToClient::Error {
+                req: Some(req),
+                code: ErrorCode::Internal,
+                message: "could not store the message; it was not accepted, send it again".into(),
+            },
+        };
+        if let Ok(bytes) = quip_proto::frame::encode(&answer) {
+            let _ = outbox.send(Outgoing::Frame(Bytes::from(bytes))).await;
+        }
+    });
+    Ok(())
+}
+
+pub(crate) async fn ack<S: Storage>(session: &Session<S>, ids: Vec<MsgId>) -> Result<(), Refusal> {
+    let user = session.user()?;
+    if ids.len() > MAX_ACK {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_ACK} ids per ack"),
+        ));
+    }
+    session
+        .node
+        .storage
+        .ack(user, &ids)
+        .await
+        .map_err(Refusal::internal)?;
+    let _ = session.outbox.send(Outgoing::Acked(ids)).await;
+    Ok(())
+}
+
+/// Pushes everything waiting in `user`'s queue, oldest first, into the session's outbox.
+pub(crate) async fn drain<S: Storage>(
+    node: Arc<Node<S>>,
+    user: UserName,
+    outbox: mpsc::Sender<Outgoing>,
+) {
+    let mut after = 0;
+    loop {
+        let page = match node.storage.pending(&user, after, DRAIN_PAGE).await {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::error!(error = %err, %user, "cannot read queue");
+                return;
+            }
+        };
+        let full = page.len() == DRAIN_PAGE as usize;
+        for queued in page {
+            after = queued.seq;
+            let Ok(prefix) = deliver_prefix(&queued.key, queued.sealed.len()) else {
+                tracing::error!(id = %queued.id, "stored message does not fit a frame");
+                continue;
+            };
+            let item = Outgoing::Deliver {
+                id: queued.id,
+                prefix: Bytes::from(prefix),
+                sealed: Bytes::from(queued.sealed),
+            };
+            if outbox.send(item).await.is_err() {
+                return;
+            }
+        }
+        if !full {
+            return;
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Request handlers, one file per family: accounts, the user directory and keys, messages.
+
+pub(crate) mod auth;
+pub(crate) mod directory;
+pub(crate) mod message;
+
+use quip_proto::{ClientToNode, ErrorCode, NodeToClient};
+use quip_storage::Storage;
+
+use crate::session::{Refusal, Session};
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Routes one request to its handler.
+pub(crate) async fn dispatch<S: Storage>(
+    session: &mut Session<S>,
+    msg: ClientToNode,
+) -> Result<(), Refusal> {
+    use ClientToNode::*;
+    match msg {
+        Signup {
+            req,
+            user,
+            secret,
+            keys,
+            backup,
+        } => auth::signup(session, req, user, secret, keys, backup).await,
+        Login { req, user, secret } => auth::login(session, req, user, secret).await,
+        Resume { req, token } => auth::resume(session, req, token).await,
+        Logout { req } => auth::logout(session, req).await,
+        ListUsers { req } => directory::list_users(session, req).await,
+        FetchKeys { req, user } => directory::fetch_keys(session, req, user).await,
+        ReplaceKeys { req, keys, backup } => {
+            directory::replace_keys(session, req, keys, backup).await
+        }
+        Send { req, envelope } => message::send(session, req, envelope).await,
+        Ack { ids } => message::ack(session, ids).await,
+        Ping { req } => {
+            session.send(&NodeToClient::Pong { req }).await;
+            Ok(())
+        }
+        CreateGroup { .. } | ChangeGroup { .. } | ListGroups { .. } | GroupInfo { .. } => {
+            Err(Refusal::new(
+                ErrorCode::WrongService,
+                "groups are not served by this node version",
+            ))
+        }
+        FetchBlob { .. } => Err(Refusal::new(
+            ErrorCode::WrongService,
+            "images are not served by this node version",
+        )),
+    }
+}

@@ -1,0 +1,303 @@
+//! One task per client connection: the control-stream handshake, the request loop, and a
+//! writer task that owns the stream's sending half and never writes a delivery twice.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quip_proto::ids::{MsgId, SessionToken, UserName};
+use quip_proto::limits::MAX_FRAME;
+use quip_proto::{ClientToNode, ErrorCode, Hello, NodeToClient, ReqId, StreamOpen, frame};
+use quip_quic::{FrameError, FramedRecv, FramedSend};
+use quip_storage::Storage;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::Instrument;
+
+use crate::Node;
+use crate::registry::{Outgoing, SessionRef};
+
+/// Frames waiting to be written to one client before its producers wait (answers) or mark
+/// it lagged (pushes).
+const OUTBOX: usize = 4096;
+/// How long a new connection may take to open its control stream and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC application close codes.
+pub(crate) mod close {
+    /// Protocol violation (malformed frame, wrong first stream).
+    pub(crate) const PROTOCOL: u32 = 1;
+    /// Version mismatch.
+    pub(crate) const VERSION: u32 = 2;
+    /// The node is shutting down; reconnect elsewhere.
+    pub(crate) const DRAINING: u32 = 3;
+}
+
+/// A request failed: the code and text go back to the client.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "request failed inside the node");
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; nothing was lost, try again",
+        )
+    }
+}
+
+/// The logged-in part of a session.
+#[derive(Debug, Clone)]
+pub(crate) struct Login {
+    pub(crate) user: UserName,
+    pub(crate) token: SessionToken,
+}
+
+/// State of one connection.
+pub(crate) struct Session<S: Storage> {
+    pub(crate) node: Arc<Node<S>>,
+    pub(crate) conn_id: u64,
+    pub(crate) remote: SocketAddr,
+    pub(crate) login: Option<Login>,
+    pub(crate) outbox: mpsc::Sender<Outgoing>,
+    pub(crate) lagged: Arc<AtomicBool>,
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl<S: Storage> Session<S> {
+    /// Queues an answer (waits if this client's outbox is full).
+    pub(crate) async fn send(&self, msg: &NodeToClient) {
+        match frame::encode(msg) {
+            Ok(bytes) => {
+                let _ = self.outbox.send(Outgoing::Frame(Bytes::from(bytes))).await;
+            }
+            Err(err) => tracing::error!(error = %err, "answer does not fit a frame"),
+        }
+    }
+
+    pub(crate) async fn refuse(&self, req: Option<ReqId>, refusal: Refusal) {
+        self.send(&NodeToClient::Error {
+            req,
+            code: refusal.code,
+            message: refusal.message,
+        })
+        .await;
+    }
+
+    pub(crate) fn user(&self) -> Result<&UserName, Refusal> {
+        self.login
+            .as_ref()
+            .map(|l| &l.user)
+            .ok_or_else(|| Refusal::new(ErrorCode::Unauthenticated, "log in first"))
+    }
+
+    pub(crate) fn session_ref(&self) -> SessionRef {
+        SessionRef {
+            conn_id: self.conn_id,
+            outbox: self.outbox.clone(),
+            lagged: self.lagged.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+
+    /// Re-reads the user's queue into the outbox (at login, and after lagging).
+    pub(crate) fn spawn_drain(&self) {
+        if let Some(login) = &self.login {
+            tokio::spawn(crate::handler::message::drain(
+                self.node.clone(),
+                login.user.clone(),
+                self.outbox.clone(),
+            ));
+        }
+    }
+
+    async fn handle(&mut self, msg: ClientToNode) {
+        let req = request_id(&msg);
+        if let Err(refusal) = crate::handler::dispatch(self, msg).await {
+            self.refuse(req, refusal).await;
+        }
+    }
+}
+
+fn request_id(msg: &ClientToNode) -> Option<ReqId> {
+    use ClientToNode::*;
+    match msg {
+        Signup { req, .. }
+        | Login { req, .. }
+        | Resume { req, .. }
+        | Logout { req }
+        | ListUsers { req }
+        | FetchKeys { req, .. }
+        | ReplaceKeys { req, .. }
+        | Send { req, .. }
+        | CreateGroup { req, .. }
+        | ChangeGroup { req, .. }
+        | ListGroups { req }
+        | GroupInfo { req, .. }
+        | FetchBlob { req, .. }
+        | Ping { req } => Some(*req),
+        Ack { .. } => None,
+    }
+}
+
+/// Serves one connection until the client leaves, breaks the protocol, or the node drains.
+pub(crate) async fn serve<S: Storage>(
+    node: Arc<Node<S>>,
+    incoming: quinn::Incoming,
+    conn_id: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let remote = incoming.remote_address();
+    let span = tracing::info_span!("session", conn = conn_id, %remote);
+    async move {
+        let conn = match incoming.await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::debug!(error = %err, "handshake failed");
+                return;
+            }
+        };
+        let Some((send, mut recv)) = handshake(&conn).await else {
+            return;
+        };
+        let (outbox, rx) = mpsc::channel(OUTBOX);
+        let writer = tokio::spawn(write_loop(send, rx));
+        let mut session = Session {
+            node: node.clone(),
+            conn_id,
+            remote,
+            login: None,
+            outbox,
+            lagged: Arc::default(),
+            wake: Arc::default(),
+        };
+        let wake = session.wake.clone();
+        loop {
+            tokio::select! {
+                frame = recv.recv::<ClientToNode>() => match frame {
+                    Ok(Some(msg)) => {
+                        tracing::trace!(kind = msg.kind(), "request");
+                        session.handle(msg).await;
+                    }
+                    Ok(None) => break,
+                    Err(FrameError::Decode(err)) => {
+                        tracing::info!(error = %err, "malformed frame; closing");
+                        session.refuse(None, Refusal::new(ErrorCode::Malformed, err.to_string())).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        conn.close(close::PROTOCOL.into(), b"malformed frame");
+                        break;
+                    }
+                    Err(_) => break,
+                },
+                _ = wake.notified() => {
+                    if session.lagged.swap(false, Ordering::AcqRel) {
+                        session.spawn_drain();
+                    }
+                }
+                _ = stopping(&mut shutdown) => {
+                    session.send(&NodeToClient::Reconnect {
+                        after_ms: jitter_ms(conn_id),
+                        reason: "this node is shutting down".into(),
+                    }).await;
+                    // Let the writer flush; the client closes, or the drain timeout does.
+                    let _ = tokio::time::timeout(node.config.drain_timeout, conn.closed()).await;
+                    conn.close(close::DRAINING.into(), b"node shutting down");
+                    break;
+                }
+            }
+        }
+        if let Some(login) = &session.login {
+            node.registry.remove(&login.user, conn_id);
+            tracing::info!(user = %login.user, "logged out");
+        }
+        drop(session);
+        let _ = writer.await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Resolves once the node starts shutting down.
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Spreads reconnects of a draining node's clients over half a second.
+fn jitter_ms(conn_id: u64) -> u32 {
+    (conn_id.wrapping_mul(0x9e37_79b9) % 500) as u32
+}
+
+async fn handshake(conn: &quinn::Connection) -> Option<(FramedSend, FramedRecv)> {
+    let accepted = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let (send, recv) = conn.accept_bi().await.ok()?;
+        let mut recv = FramedRecv::new(recv, MAX_FRAME);
+        let open = recv.expect::<StreamOpen>().await.ok()?;
+        Some((FramedSend::new(send), recv, open))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((mut send, recv, open)) = accepted else {
+        conn.close(
+            close::PROTOCOL.into(),
+            b"expected a control stream with a hello",
+        );
+        return None;
+    };
+    let StreamOpen::Control(hello) = open else {
+        conn.close(
+            close::PROTOCOL.into(),
+            b"the first stream must be the control stream",
+        );
+        return None;
+    };
+    send.send(&Hello::ours(crate::AGENT)).await.ok()?;
+    if let Err(why) = hello.check_version() {
+        tracing::info!(peer = hello.version, "version mismatch");
+        // Give the hello a moment to arrive before the close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.close(close::VERSION.into(), why.as_bytes());
+        return None;
+    }
+    Some((send, recv))
+}
+
+/// Owns the sending half: writes answers and pushes in order, and skips a delivery it has
+/// already written and the client has not acknowledged (a drain and a live push can both
+/// carry the same message).
+async fn write_loop(mut send: FramedSend, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut unacked: HashSet<MsgId> = HashSet::new();
+    while let Some(item) = rx.recv().await {
+        let written = match item {
+            Outgoing::Frame(bytes) => send.stream().write_chunk(bytes).await,
+            Outgoing::Deliver { id, prefix, sealed } => {
+                if !unacked.insert(id) {
+                    continue;
+                }
+                send.stream().write_all_chunks(&mut [prefix, sealed]).await
+            }
+            Outgoing::Acked(ids) => {
+                ids.iter().for_each(|id| {
+                    unacked.remove(id);
+                });
+                continue;
+            }
+        };
+        if written.is_err() {
+            break;
+        }
+    }
+    let _ = send.finish();
+}
