@@ -56,7 +56,7 @@ pub(crate) enum Command {
     Connect,
     /// Creates an account (new keys, saved encrypted with your password).
     Register(UserArgs),
-    /// Sends a text message.
+    /// Sends a text message or an image.
     Send {
         #[command(flatten)]
         who: UserArgs,
@@ -64,10 +64,14 @@ pub(crate) enum Command {
         #[arg(long)]
         to: UserName,
         /// The message.
+        #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+        text: Option<String>,
+        /// An image file to send (PNG, JPEG, GIF or WebP, up to 25 MiB).
         #[arg(long)]
-        text: String,
+        image: Option<PathBuf>,
     },
-    /// Prints messages waiting for you, one per line, then exits.
+    /// Prints messages waiting for you, one per line, then exits. Images are saved in the
+    /// data directory and their path printed.
     Recv {
         #[command(flatten)]
         who: UserArgs,

@@ -7,11 +7,21 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quip_proto::client::Presence;
-use quip_proto::ids::{MsgId, SessionToken, UserName};
-use quip_proto::{ClientToNode, ContentKind, Conversation, ErrorCode, Header, NodeToClient};
+use quip_proto::ids::{BlobId, MsgId, SessionToken, UserName};
+use quip_proto::{
+    Chunk, ClientToNode, ContentKind, Conversation, Delivery, ErrorCode, Header, NodeToClient,
+};
 
 use crate::connection::{ConnectError, Connection, Event};
-use crate::e2e::{self, E2eError, Identity, KeyStore, PeerKeys, Pin, PinStore, Secrets, SeenIds};
+use crate::e2e::{
+    self, E2eError, IMAGE_CHUNK, Identity, ImageDecryptor, ImageEncryptor, ImageKey, KeyStore,
+    PeerKeys, Pin, PinStore, Secrets, SeenIds,
+};
+
+/// Largest image a client sends: its ciphertext (16 bytes of tag per chunk more) must fit the
+/// nodes' default limit.
+pub const MAX_IMAGE_PLAINTEXT: u64 = quip_proto::limits::DEFAULT_MAX_IMAGE
+    - 16 * (quip_proto::limits::DEFAULT_MAX_IMAGE / IMAGE_CHUNK as u64 + 1);
 
 /// Something went wrong for the user.
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +84,31 @@ pub struct Message {
     pub sent_at_ms: u64,
 }
 
+/// An image received, verified, decrypted and saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageMessage {
+    /// Its id.
+    pub id: MsgId,
+    /// Who sent it (verified by signature).
+    pub from: UserName,
+    /// Where it belongs.
+    pub conversation: Conversation,
+    /// Where it was saved (a name the receiver chose, in the data directory).
+    pub path: PathBuf,
+    /// Sender's clock, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+}
+
+/// Progress of a transfer: bytes done, bytes in all.
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send + Sync);
+
 /// What reading the next push produced.
 #[derive(Debug)]
 pub enum Incoming {
     /// A verified, decrypted message (shown once: repeats are dropped).
     Message(Message),
+    /// A verified, decrypted image, saved to disk.
+    Image(ImageMessage),
     /// A delivery that failed verification: it is dropped (acknowledged) and reported.
     Rejected {
         /// The claimed sender.
@@ -126,7 +156,6 @@ fn random_id() -> MsgId {
 }
 
 /// A logged-in user.
-#[derive(Debug)]
 pub struct Client {
     conn: Connection,
     me: UserName,
@@ -136,6 +165,15 @@ pub struct Client {
     keys: HashMap<UserName, PeerKeys>,
     token: SessionToken,
     dir: PathBuf,
+    progress: Option<Box<dyn FnMut(u64, u64) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
 }
 
 fn logged_in(answer: NodeToClient) -> Result<(UserName, SessionToken, Vec<u8>), ClientError> {
@@ -229,6 +267,7 @@ impl Client {
             token,
             me,
             dir: dir.to_owned(),
+            progress: None,
         })
     }
 
@@ -374,6 +413,102 @@ impl Client {
         }
     }
 
+    /// Sends the image at `path` to `to`: checked locally (exists, a file, an image, within
+    /// the size limit), encrypted chunk by chunk, uploaded on a stream of its own.
+    pub async fn send_image(
+        &mut self,
+        to: &UserName,
+        path: &Path,
+        progress: Progress<'_>,
+    ) -> Result<MsgId, ClientError> {
+        let theirs = self.peer_keys(to).await?;
+        let path = path.to_owned();
+        let (encryptor, key) =
+            tokio::task::spawn_blocking(move || ImageEncryptor::open(&path, MAX_IMAGE_PLAINTEXT))
+                .await
+                .map_err(|_| ClientError::Unexpected)??;
+        let total = key.cipher_len();
+        let mut blob = [0u8; 16];
+        rand::fill(&mut blob);
+        let header = Header {
+            id: random_id(),
+            sender: self.me.clone(),
+            conversation: Conversation::Direct(to.clone()),
+            kind: ContentKind::Image {
+                blob: BlobId(blob),
+                len: total,
+            },
+            sent_at_ms: now_ms(),
+            recipients: Vec::new(),
+        };
+        let mine = self.identity.peer_keys().clone();
+        let envelope = e2e::seal(
+            &self.identity,
+            header,
+            &[(self.me.clone(), &mine), (to.clone(), &theirs)],
+            &key.to_plaintext(),
+        )?;
+        let id = envelope.sealed.header.id;
+        let encryptor = std::sync::Arc::new(std::sync::Mutex::new(encryptor));
+        let mut sent = 0u64;
+        progress(0, total);
+        let answer = self
+            .conn
+            .upload(envelope, || {
+                let encryptor = encryptor.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        encryptor
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .next_chunk()
+                    })
+                    .await
+                    .map_err(|_| ConnectError::Lost("encryption task failed".into()))?
+                    .map_err(|e| ConnectError::Lost(e.to_string()))
+                }
+            })
+            .await;
+        sent += total;
+        progress(sent, total);
+        match answer? {
+            NodeToClient::Stored { .. } => Ok(id),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Downloads and decrypts the image a verified envelope announced.
+    async fn receive_image(
+        &self,
+        delivery: &Delivery,
+        key_plaintext: &[u8],
+        progress: Progress<'_>,
+    ) -> Result<PathBuf, ClientError> {
+        let header = &delivery.sealed.header;
+        let ContentKind::Image { len, .. } = header.kind else {
+            return Err(ClientError::Unexpected);
+        };
+        let key = ImageKey::from_plaintext(key_plaintext)?;
+        if key.cipher_len() != len || len > quip_proto::limits::DEFAULT_MAX_IMAGE {
+            return Err(E2eError::Tampered.into());
+        }
+        let mut stream = self.conn.download(header.id).await?;
+        let mut decryptor =
+            ImageDecryptor::new(&key, &self.dir.join("images"), &header.sender, &header.id)?;
+        let mut done = 0u64;
+        progress(0, len);
+        while let Some(chunk) = stream
+            .recv::<Chunk>()
+            .await
+            .map_err(|e| ConnectError::Lost(format!("image stream cut: {e}")))?
+        {
+            done += chunk.data.len() as u64;
+            decryptor.push(&chunk.data)?;
+            progress(done, len);
+        }
+        Ok(decryptor.finish()?)
+    }
+
     async fn ack(&self, id: MsgId) -> Result<(), ClientError> {
         self.conn
             .send(&ClientToNode::Ack { ids: vec![id] })
@@ -425,6 +560,9 @@ impl Client {
                 });
             }
         };
+        if let ContentKind::Image { .. } = delivery.sealed.header.kind {
+            return Some(self.open_image(&delivery, &sender_keys).await);
+        }
         let opened = e2e::open(&self.identity, &self.me, &delivery, &sender_keys)
             .and_then(|plain| String::from_utf8(plain).map_err(|_| E2eError::Tampered));
         // Acknowledge either way: a forged or tampered delivery would otherwise come back
@@ -444,6 +582,53 @@ impl Client {
                 reason: format!("message refused: {err}"),
             },
         })
+    }
+
+    async fn open_image(&mut self, delivery: &Delivery, sender: &PeerKeys) -> Incoming {
+        let header = &delivery.sealed.header;
+        let (id, from) = (header.id, header.sender.clone());
+        let mut progress = self.progress.take();
+        let mut quiet = |_: u64, _: u64| {};
+        let report: Progress<'_> = match progress.as_mut() {
+            Some(p) => p.as_mut(),
+            None => &mut quiet,
+        };
+        let saved = match e2e::open(&self.identity, &self.me, delivery, sender) {
+            Ok(plain) => self.receive_image(delivery, &plain, report).await,
+            Err(err) => Err(err.into()),
+        };
+        self.progress = progress;
+        match saved {
+            Ok(path) => {
+                let _ = self.seen.insert(id);
+                let _ = self.ack(id).await;
+                Incoming::Image(ImageMessage {
+                    id,
+                    from,
+                    conversation: header.conversation.clone(),
+                    path,
+                    sent_at_ms: header.sent_at_ms,
+                })
+            }
+            // A broken connection: leave it queued; it comes again after reconnecting.
+            Err(err @ ClientError::Connect(_)) => Incoming::Rejected {
+                from,
+                reason: format!("image not received: {err}"),
+            },
+            Err(err) => {
+                let _ = self.seen.insert(id);
+                let _ = self.ack(id).await;
+                Incoming::Rejected {
+                    from,
+                    reason: format!("image refused: {err}"),
+                }
+            }
+        }
+    }
+
+    /// Reports download progress of received images to `progress`.
+    pub fn on_progress(&mut self, progress: Box<dyn FnMut(u64, u64) + Send + Sync>) {
+        self.progress = Some(progress);
     }
 
     /// Like [`next`](Self::next) but gives up after `wait`.

@@ -85,18 +85,35 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client.close().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Send { who, to, text } => {
+        Command::Send {
+            who,
+            to,
+            text,
+            image,
+        } => {
             let mut client = login(&target, &who.user).await?;
-            client.send_text(&to, &text).await?;
+            match (text, image) {
+                (Some(text), _) => {
+                    client.send_text(&to, &text).await?;
+                }
+                (None, Some(path)) => {
+                    client
+                        .send_image(&to, &path, &mut crate::progress::bar("sending"))
+                        .await?;
+                }
+                (None, None) => anyhow::bail!("nothing to send: pass --text or --image"),
+            }
             client.close().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Recv { who, wait } => {
             let mut client = login(&target, &who.user).await?;
+            client.on_progress(Box::new(crate::progress::bar("receiving")));
             let wait = Duration::from_secs_f64(wait.clamp(0.0, 86_400.0));
             while let Some(incoming) = client.next_within(wait).await {
                 match incoming {
                     Incoming::Message(m) => println!("{}: {}", m.from, m.text),
+                    Incoming::Image(m) => println!("{}: [image] {}", m.from, m.path.display()),
                     Incoming::Rejected { from, reason } => {
                         eprintln!("refused a message from {from}: {reason}")
                     }

@@ -3,13 +3,19 @@
 //! reconnect requests). No end-to-end crypto here: see [`crate::client`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use quip_proto::ids::MsgId;
 use quip_proto::limits::MAX_FRAME;
-use quip_proto::{ClientToNode, Delivery, ErrorCode, NodeToClient, ReqId, SignedChange};
-use quip_quic::{FrameError, FramedSend, Limits, Trust};
+use quip_proto::{
+    Chunk, ClientToNode, Delivery, Envelope, ErrorCode, NodeToClient, ReqId, SignedChange,
+    StreamOpen,
+};
+use quip_quic::{FrameError, FramedRecv, FramedSend, Limits, Trust};
 use tokio::sync::{mpsc, oneshot};
 
 /// Software name sent in hellos.
@@ -81,6 +87,10 @@ pub enum Event {
 }
 
 type Pending = Arc<Mutex<HashMap<ReqId, oneshot::Sender<NodeToClient>>>>;
+type Downloads = Arc<Mutex<HashMap<MsgId, oneshot::Sender<FramedRecv>>>>;
+
+/// How long to wait for an image stream the node announced.
+const DOWNLOAD_WAIT: Duration = Duration::from_secs(30);
 
 /// An open, version-checked connection to a node.
 #[derive(Debug)]
@@ -89,6 +99,7 @@ pub struct Connection {
     endpoint: quinn::Endpoint,
     send: tokio::sync::Mutex<FramedSend>,
     pending: Pending,
+    downloads: Downloads,
     next_req: AtomicU32,
     events: mpsc::Receiver<Event>,
 }
@@ -148,11 +159,14 @@ impl Connection {
                 .clear();
             let _ = tx.send(Event::Closed(end)).await;
         });
+        let downloads = Downloads::default();
+        tokio::spawn(accept_downloads(conn.clone(), downloads.clone()));
         Ok(Self {
             conn,
             endpoint,
             send: tokio::sync::Mutex::new(send),
             pending,
+            downloads,
             next_req: AtomicU32::new(1),
             events,
         })
@@ -177,6 +191,68 @@ impl Connection {
             }
             Ok(answer) => Ok(answer),
             Err(_) => Err(ConnectError::Lost(self.close_reason())),
+        }
+    }
+
+    /// Uploads an image on a stream of its own: the envelope announcing it, then every chunk
+    /// `next_chunk` yields, then the node's answer (`Stored`, or a refusal).
+    pub async fn upload<F, Fut>(
+        &self,
+        envelope: Envelope,
+        mut next_chunk: F,
+    ) -> Result<NodeToClient, ConnectError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<Vec<u8>>, ConnectError>>,
+    {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let open = StreamOpen::ImageUpload { req, envelope };
+        let (mut send, mut recv) = quip_quic::open_stream(&self.conn, &open, MAX_FRAME).await?;
+        let sent = async {
+            while let Some(data) = next_chunk().await? {
+                send.send(&Chunk { data }).await?;
+            }
+            send.finish()?;
+            Ok::<_, ConnectError>(())
+        }
+        .await;
+        // The node may refuse mid-way (too large): its answer says why.
+        match recv.expect::<NodeToClient>().await {
+            Ok(NodeToClient::Error { code, message, .. }) => {
+                Err(ConnectError::Refused { code, message })
+            }
+            Ok(answer) => sent.map(|()| answer),
+            Err(err) => Err(sent.err().unwrap_or(err.into())),
+        }
+    }
+
+    /// Asks the node for the image of message `msg` and returns the stream it arrives on
+    /// (positioned at the first chunk).
+    pub async fn download(&self, msg: MsgId) -> Result<FramedRecv, ConnectError> {
+        let (tx, rx) = oneshot::channel();
+        self.downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(msg, tx);
+        let answer = self
+            .request(|req| ClientToNode::FetchBlob { req, msg })
+            .await;
+        let forget = || {
+            self.downloads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&msg);
+        };
+        if let Err(err) = answer {
+            forget();
+            return Err(err);
+        }
+        match tokio::time::timeout(DOWNLOAD_WAIT, rx).await {
+            Ok(Ok(stream)) => Ok(stream),
+            _ => {
+                forget();
+                Err(ConnectError::Lost("the image stream did not arrive".into()))
+            }
         }
     }
 
@@ -206,6 +282,27 @@ impl Connection {
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// Accepts the streams the node opens (image downloads) and hands each to its waiter.
+async fn accept_downloads(conn: quinn::Connection, downloads: Downloads) {
+    while let Ok((_send, recv)) = conn.accept_bi().await {
+        let downloads = downloads.clone();
+        tokio::spawn(async move {
+            let mut recv = FramedRecv::new(recv, MAX_FRAME);
+            if let Ok(StreamOpen::ImageDownload { msg, .. }) = recv.expect::<StreamOpen>().await {
+                let waiter = downloads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&msg);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(recv);
+                    return;
+                }
+            }
+            let _ = recv.stream().stop(0u32.into());
+        });
     }
 }
 

@@ -6,5 +6,5 @@ pub mod client;
 pub mod connection;
 pub mod e2e;
 
-pub use client::{Client, ClientError, Incoming, Message, user_dir};
+pub use client::{Client, ClientError, ImageMessage, Incoming, Message, user_dir};
 pub use connection::{ConnectError, Connection, Event};

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod progress;
 mod ui;
 
 use std::process::ExitCode;

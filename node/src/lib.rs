@@ -156,6 +156,7 @@ pub async fn start<S: Storage>(
         config,
     });
     let (shutdown, stop) = watch::channel(false);
+    tokio::spawn(janitor(node.clone(), stop.clone()));
     let active = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(accept_loop(node, endpoint, stop, active.clone()));
     tracing::info!(%addr, "node listening");
@@ -167,6 +168,29 @@ pub async fn start<S: Storage>(
         active,
         registry,
     })
+}
+
+/// How often expired sessions and abandoned uploads are purged.
+const JANITOR_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// An upload unfinished for this long was abandoned (its stream would have timed out).
+const ABANDONED_UPLOAD_MS: i64 = 10 * 60 * 1000;
+
+/// Purges expired sessions and abandoned image uploads until the node stops.
+async fn janitor<S: Storage>(node: Arc<Node<S>>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(JANITOR_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = handler::now_ms();
+        if let Err(err) = node.storage.purge_sessions(now).await {
+            tracing::warn!(error = %err, "cannot purge sessions");
+        }
+        if let Err(err) = node.storage.purge_unfinished_blobs(now - ABANDONED_UPLOAD_MS).await {
+            tracing::warn!(error = %err, "cannot purge abandoned uploads");
+        }
+    }
 }
 
 /// Decrements the connection count when a session ends, however it ends.

@@ -68,6 +68,7 @@ pub(crate) struct Login {
 /// State of one connection.
 pub(crate) struct Session<S: Storage> {
     pub(crate) node: Arc<Node<S>>,
+    pub(crate) conn: quinn::Connection,
     pub(crate) conn_id: u64,
     pub(crate) remote: SocketAddr,
     pub(crate) login: Option<Login>,
@@ -176,6 +177,7 @@ pub(crate) async fn serve<S: Storage>(
         let writer = tokio::spawn(write_loop(send, rx));
         let mut session = Session {
             node: node.clone(),
+            conn: conn.clone(),
             conn_id,
             remote,
             login: None,
@@ -198,6 +200,13 @@ pub(crate) async fn serve<S: Storage>(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         conn.close(close::PROTOCOL.into(), b"malformed frame");
                         break;
+                    }
+                    Err(_) => break,
+                },
+                stream = conn.accept_bi() => match stream {
+                    Ok((send, recv)) => {
+                        let user = session.login.as_ref().map(|l| l.user.clone());
+                        tokio::spawn(crate::handler::image::serve_stream(node.clone(), user, send, recv));
                     }
                     Err(_) => break,
                 },

@@ -322,6 +322,14 @@ pub trait Storage: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<QueuedMessage>>> + Send;
 
+    /// The message `id` if it waits in `user`'s queue (how a node checks that a recipient
+    /// may fetch an image blob).
+    fn queued(
+        &self,
+        user: &UserName,
+        id: &MsgId,
+    ) -> impl Future<Output = Result<Option<QueuedMessage>>> + Send;
+
     /// Removes these messages from `user`'s queue (ids not queued are ignored) and returns how
     /// many were removed. A message no longer queued for anyone is deleted, with its blob.
     fn ack(&self, user: &UserName, ids: &[MsgId]) -> impl Future<Output = Result<u64>> + Send;

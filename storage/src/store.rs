@@ -133,6 +133,10 @@ impl Storage for Store {
         dispatch!(self.pending(user, after, limit))
     }
 
+    async fn queued(&self, user: &UserName, id: &MsgId) -> Result<Option<QueuedMessage>> {
+        dispatch!(self.queued(user, id))
+    }
+
     async fn ack(&self, user: &UserName, ids: &[MsgId]) -> Result<u64> {
         dispatch!(self.ack(user, ids))
     }

@@ -25,6 +25,11 @@ pub(crate) enum Cmd {
         text: String,
         reply: oneshot::Sender<Result<(), SendError>>,
     },
+    SendImage {
+        to: UserName,
+        path: std::path::PathBuf,
+        reply: oneshot::Sender<Result<(), SendError>>,
+    },
     Accept {
         user: UserName,
         reply: oneshot::Sender<Result<(), String>>,
@@ -81,7 +86,8 @@ pub(crate) async fn run(
             Client::login(connection, &dir, &user, &password).await
         };
         match result {
-            Ok(client) => {
+            Ok(mut client) => {
+                client.on_progress(Box::new(crate::progress::bar("receiving")));
                 let _ = reply.send(Ok(()));
                 break client;
             }
@@ -129,9 +135,21 @@ async fn handle(client: &mut Client, cmd: Cmd) {
                 });
             let _ = reply.send(result);
         }
+        Cmd::SendImage { to, path, reply } => {
+            let mut bar = crate::progress::bar("sending");
+            let result = client.send_image(&to, &path, &mut bar).await;
+            let _ = reply.send(result.map(|_| ()).map_err(send_error));
+        }
         Cmd::Accept { user, reply } => {
             let _ = reply.send(client.accept_keys(&user).await.map_err(|e| describe(&e)));
         }
+    }
+}
+
+fn send_error(err: ClientError) -> SendError {
+    match err {
+        ClientError::KeyChanged { .. } => SendError::KeyChanged(err.to_string()),
+        other => SendError::Other(describe(&other)),
     }
 }
 
@@ -141,6 +159,12 @@ pub(crate) fn render(incoming: &Incoming) -> String {
         Incoming::Message(m) => match &m.conversation {
             Conversation::Direct(_) => format!("{}: {}", m.from, m.text),
             Conversation::Group { .. } => format!("[group] {}: {}", m.from, m.text),
+        },
+        Incoming::Image(m) => match &m.conversation {
+            Conversation::Direct(_) => format!("{} sent an image: {}", m.from, m.path.display()),
+            Conversation::Group { .. } => {
+                format!("[group] {} sent an image: {}", m.from, m.path.display())
+            }
         },
         Incoming::Rejected { from, reason } => {
             format!("! a message from {from} was refused: {reason}")

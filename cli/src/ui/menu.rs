@@ -135,7 +135,18 @@ fn personal_chat(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
                 }
                 send(input, tx, &peer, text)?;
             }
-            "image" => println!("Sending images is not available on this server yet."),
+            "image" => {
+                let path = line(input, "Path to image: ")?;
+                if path.is_empty() {
+                    continue;
+                }
+                let sent = ask(tx, |reply| Cmd::SendImage {
+                    to: peer.clone(),
+                    path: path.into(),
+                    reply,
+                })?;
+                report(input, tx, &peer, sent)?;
+            }
             "" => {}
             other => println!("Type text, image or 0 (not {other:?})."),
         }
@@ -145,9 +156,19 @@ fn personal_chat(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
 fn send(input: &mut Input, tx: &mpsc::Sender<Cmd>, peer: &UserName, text: String) -> Flow<()> {
     let sent = ask(tx, |reply| Cmd::Send {
         to: peer.clone(),
-        text: text.clone(),
+        text,
         reply,
     })?;
+    report(input, tx, peer, sent)
+}
+
+/// Says how a send went; after a key change, offers to trust the new keys (then send again).
+fn report(
+    input: &mut Input,
+    tx: &mpsc::Sender<Cmd>,
+    peer: &UserName,
+    sent: Result<(), SendError>,
+) -> Flow<()> {
     match sent {
         Ok(()) => println!("(sent)"),
         Err(SendError::Other(why)) => println!("Not sent: {why}"),
@@ -158,7 +179,7 @@ fn send(input: &mut Input, tx: &mpsc::Sender<Cmd>, peer: &UserName, text: String
                     user: peer.clone(),
                     reply,
                 })? {
-                    Ok(()) => return send(input, tx, peer, text),
+                    Ok(()) => println!("Now trusting {peer}'s new keys; send again."),
                     Err(why) => println!("{why}"),
                 }
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quip_proto::client::deliver_prefix;
-use quip_proto::ids::{MsgId, UserName};
+use quip_proto::ids::{BlobId, MsgId, UserName};
 use quip_proto::{ContentKind, Conversation, Envelope, ErrorCode, NodeToClient, ReqId};
 use quip_storage::{Enqueued, NewMessage, Storage};
 use tokio::sync::{mpsc, oneshot};
@@ -27,11 +27,19 @@ fn invalid(message: impl Into<String>) -> Refusal {
     Refusal::new(ErrorCode::InvalidEnvelope, message)
 }
 
-/// Checks the routing a server can see, returning the recipients other than the sender.
-async fn check_route<S: Storage>(
+/// Which stream an envelope arrived on: text on the control stream, images on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carrier {
+    Control,
+    ImageStream,
+}
+
+/// Checks the routing a server can see: sender, kind, recipients.
+pub(crate) async fn check_route<S: Storage>(
     node: &Node<S>,
     sender: &UserName,
     envelope: &Envelope,
+    carrier: Carrier,
 ) -> Result<(), Refusal> {
     envelope.check().map_err(|e| invalid(e.to_string()))?;
     let header = &envelope.sealed.header;
@@ -44,8 +52,13 @@ async fn check_route<S: Storage>(
             ),
         ));
     }
-    if header.kind != ContentKind::Text {
-        return Err(invalid("only text travels on the control stream"));
+    match (&header.kind, carrier) {
+        (ContentKind::Text, Carrier::Control)
+        | (ContentKind::Image { .. }, Carrier::ImageStream) => {}
+        (ContentKind::Image { .. }, Carrier::Control) => {
+            return Err(invalid("images travel on their own stream"));
+        }
+        _ => return Err(invalid("this stream does not carry that kind of message")),
     }
     match &header.conversation {
         Conversation::Direct(peer) => {
@@ -86,12 +99,56 @@ pub(crate) async fn send<S: Storage>(
 ) -> Result<(), Refusal> {
     let sender = session.user()?.clone();
     let node = session.node.clone();
-    check_route(&node, &sender, &envelope).await?;
+    check_route(&node, &sender, &envelope, Carrier::Control).await?;
+    let stored = submit(&node, &sender, envelope, None).await?;
+    // Answer from a task so the session keeps reading while the batch commits; the order of
+    // storage and pushes is fixed by the enqueuer already.
+    let outbox = session.outbox.clone();
+    tokio::spawn(async move {
+        if let Ok(bytes) = quip_proto::frame::encode(&stored.answer(req).await) {
+            let _ = outbox.send(Outgoing::Frame(Bytes::from(bytes))).await;
+        }
+    });
+    Ok(())
+}
+
+/// A message handed to the enqueuer, waiting for its commit.
+pub(crate) struct Pending {
+    id: MsgId,
+    done: oneshot::Receiver<Result<Enqueued, String>>,
+}
+
+impl Pending {
+    /// Waits for the commit: `Stored`, or an error saying nothing was accepted.
+    pub(crate) async fn answer(self, req: ReqId) -> NodeToClient {
+        match self.done.await {
+            Ok(Ok(outcome)) => NodeToClient::Stored {
+                req,
+                id: self.id,
+                fresh: outcome == Enqueued::Stored,
+            },
+            _ => NodeToClient::Error {
+                req: Some(req),
+                code: ErrorCode::Internal,
+                message: "could not store the message; it was not accepted, send it again".into(),
+            },
+        }
+    }
+}
+
+/// Hands a checked envelope to the enqueuer: stored once, queued for every recipient but the
+/// sender, pushed to those online after the commit.
+pub(crate) async fn submit<S: Storage>(
+    node: &Node<S>,
+    sender: &UserName,
+    envelope: Envelope,
+    blob: Option<BlobId>,
+) -> Result<Pending, Refusal> {
     let id = envelope.sealed.header.id;
     let sealed = Bytes::from(postcard::to_stdvec(&envelope.sealed).map_err(Refusal::internal)?);
     let mut recipients = Vec::with_capacity(envelope.keys.len());
     let mut prefixes = Vec::with_capacity(envelope.keys.len());
-    for key in envelope.keys.into_iter().filter(|k| k.recipient != sender) {
+    for key in envelope.keys.into_iter().filter(|k| &k.recipient != sender) {
         let prefix = deliver_prefix(&key.wrapped, sealed.len()).map_err(Refusal::internal)?;
         prefixes.push((key.recipient.clone(), Bytes::from(prefix)));
         recipients.push((key.recipient, key.wrapped));
@@ -101,7 +158,7 @@ pub(crate) async fn send<S: Storage>(
         message: NewMessage {
             id,
             sealed: sealed.to_vec(),
-            blob: None,
+            blob,
             recipients,
             created_at: now_ms(),
         },
@@ -112,27 +169,7 @@ pub(crate) async fn send<S: Storage>(
     if node.enqueuer.submit(job).await.is_err() {
         return Err(Refusal::new(ErrorCode::Busy, "node is shutting down"));
     }
-    // Answer from a task so the session keeps reading while the batch commits; the order of
-    // storage and pushes is fixed by the enqueuer already.
-    let outbox = session.outbox.clone();
-    tokio::spawn(async move {
-        let answer = match stored.await {
-            Ok(Ok(outcome)) => NodeToClient::Stored {
-                req,
-                id,
-                fresh: outcome == Enqueued::Stored,
-            },
-            _ => NodeToClient::Error {
-                req: Some(req),
-                code: ErrorCode::Internal,
-                message: "could not store the message; it was not accepted, send it again".into(),
-            },
-        };
-        if let Ok(bytes) = quip_proto::frame::encode(&answer) {
-            let _ = outbox.send(Outgoing::Frame(Bytes::from(bytes))).await;
-        }
-    });
-    Ok(())
+    Ok(Pending { id, done: stored })
 }
 
 pub(crate) async fn ack<S: Storage>(session: &Session<S>, ids: Vec<MsgId>) -> Result<(), Refusal> {

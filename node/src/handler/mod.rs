@@ -1,7 +1,9 @@
-//! Request handlers, one file per family: accounts, the user directory and keys, messages.
+//! Request handlers, one file per family: accounts, the user directory and keys, messages,
+//! images.
 
 pub(crate) mod auth;
 pub(crate) mod directory;
+pub(crate) mod image;
 pub(crate) mod message;
 
 use quip_proto::{ClientToNode, ErrorCode, NodeToClient};
@@ -50,9 +52,6 @@ pub(crate) async fn dispatch<S: Storage>(
                 "groups are not served by this node version",
             ))
         }
-        FetchBlob { .. } => Err(Refusal::new(
-            ErrorCode::WrongService,
-            "images are not served by this node version",
-        )),
+        FetchBlob { req, msg } => image::fetch(session, req, msg).await,
     }
 }

@@ -54,6 +54,11 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node on `backend`; `None` if the backend is unavailable (Postgres skipped).
     pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a node with a tweaked configuration.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut NodeConfig)) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (url, db_path) = match backend {
             Backend::Sqlite => {
@@ -71,6 +76,7 @@ impl TestNode {
         // Cost 4 keeps tests quick; the binary refuses anything below 12.
         config.bcrypt_cost = 4;
         config.drain_timeout = std::time::Duration::from_millis(500);
+        tweak(&mut config);
         let handle = quip_node::start(config, storage.clone())
             .await
             .expect("node starts");
@@ -113,6 +119,26 @@ impl TestNode {
     }
 }
 
+/// The private keys of `user`, from the key file their client wrote under `home`.
+pub fn identity_of(home: &Path, user: &UserName) -> quip_cli::e2e::Identity {
+    quip_cli::e2e::KeyStore::new(user_home(home, user))
+        .load(&quip_cli::e2e::Secrets::derive(user, PASSWORD).unwrap())
+        .expect("key file loads")
+}
+
+/// A valid 3×2 PNG followed by `filler` opaque bytes (decoders stop at IEND), marked with
+/// `marker` so a test can search storage for it.
+pub fn png(filler: usize, marker: &[u8]) -> Vec<u8> {
+    const PNG: &str = "89504e470d0a1a0a0000000d49484452000000030000000208020000001216f14d000000154944415478da633c2127c7c0c0c0c0c0c0c4000300132e0108db1b58a20000000049454e44ae426082";
+    let mut bytes: Vec<u8> = (0..PNG.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&PNG[i..i + 2], 16).unwrap())
+        .collect();
+    bytes.extend_from_slice(marker);
+    bytes.extend((0..filler as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    bytes
+}
+
 pub fn user_home(home: &Path, user: &UserName) -> PathBuf {
     quip_cli::user_dir(home, "test-node", user)
 }
@@ -126,6 +152,18 @@ pub fn unique(prefix: &str) -> UserName {
         .unwrap()
         .subsec_nanos();
     UserName::new(&format!("{prefix}{}x{n}", nanos % 1_000_000_000)).unwrap()
+}
+
+/// 16 bytes no other call in this test run returns (ids for hand-made envelopes).
+pub fn fresh_id() -> [u8; 16] {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut id = nanos.to_le_bytes();
+    id[12..].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    id
 }
 
 /// Runs one async test case on each backend.

@@ -221,10 +221,26 @@ pub(super) async fn blob_follows_message(store: &impl Storage, fx: &Fixture) {
     store.blob_finish(&blob).await.unwrap();
     let mut message = fx.message(&[&ben, &cat], "picture");
     message.blob = Some(blob);
-    store.enqueue(&[message.clone()]).await.unwrap();
+    store.enqueue(std::slice::from_ref(&message)).await.unwrap();
     assert_eq!(all_pending(store, &ben).await[0].blob, Some(blob));
+    let found = store
+        .queued(&ben, &message.id)
+        .await
+        .unwrap()
+        .expect("queued for ben");
+    assert_eq!((found.id, found.blob), (message.id, Some(blob)));
+    assert_eq!(
+        store.queued(&ann, &message.id).await.unwrap(),
+        None,
+        "not for the sender"
+    );
 
     assert_eq!(store.ack(&ben, &[message.id]).await.unwrap(), 1);
+    assert_eq!(
+        store.queued(&ben, &message.id).await.unwrap(),
+        None,
+        "gone once acked"
+    );
     assert!(
         store.blob_info(&blob).await.unwrap().is_some(),
         "cat still needs it"

@@ -90,6 +90,19 @@ macro_rules! queue {
             rows.into_iter().map(decode::queued).collect()
         }
 
+        async fn queued(&self, user: &UserName, id: &MsgId) -> Result<Option<QueuedMessage>> {
+            let row: Option<decode::QueuedRow> = sqlx::query_as(
+                "SELECT q.seq, q.msg_id, m.sealed, q.wrapped_key, m.blob_id \
+                 FROM queue q JOIN messages m ON m.id = q.msg_id \
+                 WHERE q.recipient = $1 AND q.msg_id = $2",
+            )
+            .bind(user.as_str())
+            .bind(id.0.as_slice())
+            .fetch_optional(&self.read)
+            .await?;
+            row.map(decode::queued).transpose()
+        }
+
         async fn ack(&self, user: &UserName, ids: &[MsgId]) -> Result<u64> {
             let mut ids: Vec<&[u8]> = ids.iter().map(|id| id.0.as_slice()).collect();
             ids.sort_unstable();
