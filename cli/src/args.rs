@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use quip_proto::ids::UserName;
+use quip_proto::ids::{GroupName, UserName};
 
 /// Quip: end-to-end encrypted chat. `quip connect` starts the interactive program; the other
 /// subcommands are for scripts.
@@ -81,12 +81,81 @@ pub(crate) enum Command {
     },
     /// Lists users and whether they are online.
     Users(UserArgs),
+    /// Groups: create, change membership, list with members and roles, send.
+    Group {
+        #[command(flatten)]
+        who: UserArgs,
+        #[command(subcommand)]
+        action: GroupAction,
+    },
     /// Key fingerprints, safety numbers, accepting changed keys.
     Keys {
         #[command(flatten)]
         who: UserArgs,
         #[command(subcommand)]
         action: KeysAction,
+    },
+}
+
+/// A group is named by its name, or `name@creator` when two creators used the same name.
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupAction {
+    /// Creates a group with you as admin. Names are unique per creator.
+    Create {
+        /// The group's name.
+        name: GroupName,
+        /// First members, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<UserName>,
+    },
+    /// Adds a member (admins only).
+    Add {
+        /// The group.
+        group: String,
+        /// Who.
+        user: UserName,
+    },
+    /// Removes a member (admins only).
+    Remove {
+        /// The group.
+        group: String,
+        /// Who.
+        user: UserName,
+    },
+    /// Makes a member an admin (admins only).
+    Promote {
+        /// The group.
+        group: String,
+        /// Who.
+        user: UserName,
+    },
+    /// Makes an admin a plain member (admins only; not the last admin).
+    Demote {
+        /// The group.
+        group: String,
+        /// Who.
+        user: UserName,
+    },
+    /// Leaves a group. The last admin names a successor, who is promoted first.
+    Leave {
+        /// The group.
+        group: String,
+        /// Member to make admin before leaving.
+        #[arg(long)]
+        successor: Option<UserName>,
+    },
+    /// Lists your groups with their members and roles (as the signed chain proves them).
+    List,
+    /// Sends a text or an image to every member.
+    Send {
+        /// The group.
+        group: String,
+        /// The message.
+        #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+        text: Option<String>,
+        /// An image file to send.
+        #[arg(long)]
+        image: Option<PathBuf>,
     },
 }
 

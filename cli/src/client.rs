@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quip_proto::client::Presence;
-use quip_proto::ids::{BlobId, MsgId, SessionToken, UserName};
+use quip_proto::ids::{BlobId, GroupId, MsgId, SessionToken, UserName};
 use quip_proto::{
     Chunk, ClientToNode, ContentKind, Conversation, Delivery, ErrorCode, Header, NodeToClient,
 };
@@ -17,6 +17,7 @@ use crate::e2e::{
     self, E2eError, IMAGE_CHUNK, Identity, ImageDecryptor, ImageEncryptor, ImageKey, KeyStore,
     PeerKeys, Pin, PinStore, Secrets, SeenIds,
 };
+use crate::group::{Chat, Sent, VerifiedGroup};
 
 /// Largest image a client sends: its ciphertext (16 bytes of tag per chunk more) must fit the
 /// nodes' default limit.
@@ -49,6 +50,20 @@ pub enum ClientError {
     /// The node answered with the wrong kind of message.
     #[error("unexpected answer from the node")]
     Unexpected,
+    /// The membership change is not allowed (checked locally against the verified chain).
+    #[error(transparent)]
+    Group(#[from] quip_proto::group::ChangeError),
+    /// A group's signed membership chain does not verify: nothing is sent to it.
+    #[error("the membership of group {group} cannot be trusted: {reason}")]
+    BadChain {
+        /// The group.
+        group: GroupId,
+        /// What failed.
+        reason: String,
+    },
+    /// No such group, or we are not in it.
+    #[error("no group {0}")]
+    UnknownGroup(String),
     /// A local file could not be used.
     #[error("{path}: {source}")]
     Io {
@@ -119,6 +134,8 @@ pub enum Incoming {
     /// A delivery from someone whose keys changed: kept on the server, unread, until the
     /// user accepts the new keys.
     Held(ClientError),
+    /// A group we are in changed (already described for the user).
+    GroupChanged(String),
     /// The node asks us to reconnect elsewhere.
     Reconnect {
         /// Delay before reconnecting, ms.
@@ -143,7 +160,7 @@ pub fn user_dir(root: &Path, server: &str, user: &UserName) -> PathBuf {
     root.join(server).join(user.as_str())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -157,15 +174,17 @@ fn random_id() -> MsgId {
 
 /// A logged-in user.
 pub struct Client {
-    conn: Connection,
-    me: UserName,
-    identity: Identity,
+    pub(crate) conn: Connection,
+    pub(crate) me: UserName,
+    pub(crate) identity: Identity,
     pins: PinStore,
     seen: SeenIds,
     keys: HashMap<UserName, PeerKeys>,
     token: SessionToken,
     dir: PathBuf,
     progress: Option<Box<dyn FnMut(u64, u64) + Send + Sync>>,
+    /// Groups whose signed chain this client verified, by id.
+    pub(crate) groups: HashMap<GroupId, VerifiedGroup>,
 }
 
 impl std::fmt::Debug for Client {
@@ -268,6 +287,7 @@ impl Client {
             me,
             dir: dir.to_owned(),
             progress: None,
+            groups: HashMap::new(),
         })
     }
 
@@ -379,6 +399,11 @@ impl Client {
         ))
     }
 
+    /// The name of a group this client has verified, if any.
+    pub fn group_name(&self, id: &GroupId) -> Option<String> {
+        self.groups.get(id).map(|g| g.state.name.to_string())
+    }
+
     /// Our own key fingerprint.
     pub fn fingerprint(&self) -> String {
         e2e::fingerprint(&self.identity.public_keys())
@@ -386,29 +411,31 @@ impl Client {
 
     /// Encrypts `text` for `to` and waits until the node has stored it.
     pub async fn send_text(&mut self, to: &UserName, text: &str) -> Result<MsgId, ClientError> {
-        let theirs = self.peer_keys(to).await?;
+        Ok(self.send_text_to(&Chat::Direct(to.clone()), text).await?.id)
+    }
+
+    /// Encrypts `text` for everyone in `chat` (for a group: every member its verified chain
+    /// proves) and waits until the node has stored it.
+    pub async fn send_text_to(&mut self, chat: &Chat, text: &str) -> Result<Sent, ClientError> {
+        let (conversation, recipients, left_out) = self.recipients(chat).await?;
         let header = Header {
             id: random_id(),
             sender: self.me.clone(),
-            conversation: Conversation::Direct(to.clone()),
+            conversation,
             kind: ContentKind::Text,
             sent_at_ms: now_ms(),
             recipients: Vec::new(),
         };
-        let mine = self.identity.peer_keys().clone();
-        let envelope = e2e::seal(
-            &self.identity,
-            header,
-            &[(self.me.clone(), &mine), (to.clone(), &theirs)],
-            text.as_bytes(),
-        )?;
+        let list: Vec<(UserName, &PeerKeys)> =
+            recipients.iter().map(|(u, k)| (u.clone(), k)).collect();
+        let envelope = e2e::seal(&self.identity, header, &list, text.as_bytes())?;
         let id = envelope.sealed.header.id;
         match self
             .conn
             .request(|req| ClientToNode::Send { req, envelope })
             .await?
         {
-            NodeToClient::Stored { .. } => Ok(id),
+            NodeToClient::Stored { .. } => Ok(Sent { id, left_out }),
             _ => Err(ClientError::Unexpected),
         }
     }
@@ -421,7 +448,20 @@ impl Client {
         path: &Path,
         progress: Progress<'_>,
     ) -> Result<MsgId, ClientError> {
-        let theirs = self.peer_keys(to).await?;
+        Ok(self
+            .send_image_to(&Chat::Direct(to.clone()), path, progress)
+            .await?
+            .id)
+    }
+
+    /// Sends the image at `path` to everyone in `chat`.
+    pub async fn send_image_to(
+        &mut self,
+        chat: &Chat,
+        path: &Path,
+        progress: Progress<'_>,
+    ) -> Result<Sent, ClientError> {
+        let (conversation, recipients, left_out) = self.recipients(chat).await?;
         let path = path.to_owned();
         let (encryptor, key) =
             tokio::task::spawn_blocking(move || ImageEncryptor::open(&path, MAX_IMAGE_PLAINTEXT))
@@ -433,7 +473,7 @@ impl Client {
         let header = Header {
             id: random_id(),
             sender: self.me.clone(),
-            conversation: Conversation::Direct(to.clone()),
+            conversation,
             kind: ContentKind::Image {
                 blob: BlobId(blob),
                 len: total,
@@ -441,13 +481,9 @@ impl Client {
             sent_at_ms: now_ms(),
             recipients: Vec::new(),
         };
-        let mine = self.identity.peer_keys().clone();
-        let envelope = e2e::seal(
-            &self.identity,
-            header,
-            &[(self.me.clone(), &mine), (to.clone(), &theirs)],
-            &key.to_plaintext(),
-        )?;
+        let list: Vec<(UserName, &PeerKeys)> =
+            recipients.iter().map(|(u, k)| (u.clone(), k)).collect();
+        let envelope = e2e::seal(&self.identity, header, &list, &key.to_plaintext())?;
         let id = envelope.sealed.header.id;
         let encryptor = std::sync::Arc::new(std::sync::Mutex::new(encryptor));
         let mut sent = 0u64;
@@ -472,7 +508,7 @@ impl Client {
         sent += total;
         progress(sent, total);
         match answer? {
-            NodeToClient::Stored { .. } => Ok(id),
+            NodeToClient::Stored { .. } => Ok(Sent { id, left_out }),
             _ => Err(ClientError::Unexpected),
         }
     }
@@ -542,7 +578,10 @@ impl Client {
                 return Some(Incoming::Reconnect { after_ms });
             }
             Some(Event::Closed(why)) => return Some(Incoming::Closed(why)),
-            Some(Event::GroupChanged(_) | Event::Presence(_)) => return None,
+            Some(Event::GroupChanged(change)) => {
+                return Some(Incoming::GroupChanged(self.describe_change(&change)));
+            }
+            Some(Event::Presence(_)) => return None,
         };
         let header = &delivery.sealed.header;
         let (id, from) = (header.id, header.sender.clone());
@@ -560,6 +599,17 @@ impl Client {
                 });
             }
         };
+        if let Conversation::Group { id: group, epoch } = &delivery.sealed.header.conversation {
+            let (group, epoch) = (*group, *epoch);
+            if let Err(err) = self.check_group_sender(&group, epoch, &from).await {
+                let _ = self.seen.insert(id);
+                let _ = self.ack(id).await;
+                return Some(Incoming::Rejected {
+                    from,
+                    reason: err.to_string(),
+                });
+            }
+        }
         if let ContentKind::Image { .. } = delivery.sealed.header.kind {
             return Some(self.open_image(&delivery, &sender_keys).await);
         }

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quip_cli::e2e::DEFAULT_KEY_BITS;
-use quip_cli::{Client, ClientError, ConnectError, Connection, Incoming};
+use quip_cli::{Chat, Client, ClientError, ConnectError, Connection, Incoming};
+use quip_proto::Action;
 use quip_proto::ErrorCode;
+use quip_proto::group::MemberRole;
 use quip_proto::ids::UserName;
 use quip_quic::{KnownCas, Trust};
 
-use crate::args::{Cli, Command, KeysAction, ServerArgs, UserArgs};
+use crate::args::{Cli, Command, GroupAction, KeysAction, ServerArgs, UserArgs};
 
 /// Everything needed to reach the server and find local files.
 #[derive(Debug, Clone)]
@@ -112,8 +114,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let wait = Duration::from_secs_f64(wait.clamp(0.0, 86_400.0));
             while let Some(incoming) = client.next_within(wait).await {
                 match incoming {
-                    Incoming::Message(m) => println!("{}: {}", m.from, m.text),
-                    Incoming::Image(m) => println!("{}: [image] {}", m.from, m.path.display()),
+                    Incoming::Message(_) | Incoming::Image(_) | Incoming::GroupChanged(_) => {
+                        println!("{}", crate::ui::render(&client, &incoming))
+                    }
                     Incoming::Rejected { from, reason } => {
                         eprintln!("refused a message from {from}: {reason}")
                     }
@@ -133,6 +136,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client.close().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Group { who, action } => {
+            let mut client = login(&target, &who.user).await?;
+            group(&mut client, action).await?;
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys { who, action } => {
             let mut client = login(&target, &who.user).await?;
             match action {
@@ -149,6 +158,66 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn group(client: &mut Client, action: GroupAction) -> anyhow::Result<()> {
+    let change = |group: String, action: Action| (group, action);
+    let (group, action) = match action {
+        GroupAction::Create { name, members } => {
+            client.create_group(&name, &members).await?;
+            println!("created {name}");
+            return Ok(());
+        }
+        GroupAction::List => {
+            for summary in client.groups().await? {
+                let verified = client.verify_group(&summary.id).await?;
+                println!(
+                    "{} (by {}, epoch {})",
+                    summary.name, summary.creator, verified.state.epoch
+                );
+                for (member, role) in &verified.state.members {
+                    let role = match role {
+                        MemberRole::Admin => "admin",
+                        MemberRole::Member => "member",
+                    };
+                    println!("  {member} {role}");
+                }
+                for user in &verified.unproven {
+                    println!("  {user} UNPROVEN (listed by the server, not signed by an admin)");
+                }
+            }
+            return Ok(());
+        }
+        GroupAction::Send { group, text, image } => {
+            let id = client.group_named(&group).await?.id;
+            let sent = match (text, image) {
+                (Some(text), _) => client.send_text_to(&Chat::Group(id), &text).await?,
+                (None, Some(path)) => {
+                    let mut bar = crate::progress::bar("sending");
+                    client
+                        .send_image_to(&Chat::Group(id), &path, &mut bar)
+                        .await?
+                }
+                (None, None) => anyhow::bail!("nothing to send: pass --text or --image"),
+            };
+            sent.left_out.iter().for_each(|w| eprintln!("{w}"));
+            return Ok(());
+        }
+        GroupAction::Add { group, user } => change(group, Action::Add(user)),
+        GroupAction::Remove { group, user } => change(group, Action::Remove(user)),
+        GroupAction::Promote { group, user } => change(group, Action::Promote(user)),
+        GroupAction::Demote { group, user } => change(group, Action::Demote(user)),
+        GroupAction::Leave { group, successor } => {
+            if let Some(successor) = successor {
+                let id = client.group_named(&group).await?.id;
+                client.change_group(&id, Action::Promote(successor)).await?;
+            }
+            change(group, Action::Leave)
+        }
+    };
+    let id = client.group_named(&group).await?.id;
+    client.change_group(&id, action).await?;
+    Ok(())
 }
 
 async fn login(target: &Target, user: &UserName) -> anyhow::Result<Client> {

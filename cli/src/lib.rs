@@ -5,6 +5,8 @@
 pub mod client;
 pub mod connection;
 pub mod e2e;
+pub mod group;
 
 pub use client::{Client, ClientError, ImageMessage, Incoming, Message, user_dir};
 pub use connection::{ConnectError, Connection, Event};
+pub use group::{Chat, Sent, VerifiedGroup};

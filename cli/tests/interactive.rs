@@ -96,6 +96,95 @@ impl Session {
     }
 }
 
+/// An in-process node with cheap bcrypt, and the trust to reach it.
+async fn node(dir: &Path) -> (quip_node::NodeHandle, Trust) {
+    let storage = Arc::new(
+        quip_storage::Store::connect(&format!("sqlite://{}", dir.join("q.db").display()))
+            .await
+            .unwrap(),
+    );
+    let mut config = NodeConfig::new(
+        "node-ui".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("node"),
+    );
+    config.bcrypt_cost = 4;
+    let node = quip_node::start(config, storage).await.unwrap();
+    let trust = Trust::from_ca_file(node.ca_cert_path()).unwrap();
+    (node, trust)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_through_the_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, trust) = node(dir.path()).await;
+    let addr = node.local_addr().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let bob_name = UserName::new("bob").unwrap();
+    let conn = quip_cli::Connection::connect(node.local_addr(), quip_quic::names::NODE, &trust)
+        .await
+        .unwrap();
+    let mut bob = Client::signup(
+        conn,
+        &quip_cli::user_dir(home.path(), &addr, &bob_name),
+        &bob_name,
+        "bob's password",
+        2048,
+    )
+    .await
+    .unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let mut ui = Session::start(&addr, node.ca_cert_path(), data.path());
+    ui.answer("LOGIN or SIGNUP: ", "SIGNUP").await;
+    ui.answer("Username: ", "alice").await;
+    ui.answer("Password: ", "pw-alice-1").await;
+    ui.answer("Repeat password: ", "pw-alice-1").await;
+    ui.answer("> ", "2").await;
+    ui.answer("Group name: ", "Friends").await;
+    ui.answer("Participant (-1 to end): ", "bob").await;
+    ui.answer("Participant (-1 to end): ", "-1").await;
+    ui.expect("Group Friends created").await;
+    ui.answer("> ", "3").await;
+    ui.answer("Group name: ", "Friends").await;
+    ui.answer("[Friends] 1/2/3/0: ", "1").await;
+    ui.answer("[Friends] text/image/0: ", "text").await;
+    ui.answer("Message: ", "hello friends").await;
+    ui.expect("(sent)").await;
+    loop {
+        match bob.next_within(WAIT).await {
+            Some(Incoming::GroupChanged(_)) => continue,
+            Some(Incoming::Message(m)) => {
+                assert_eq!(
+                    (m.from.as_str(), m.text.as_str()),
+                    ("alice", "hello friends")
+                );
+                break;
+            }
+            other => panic!("bob expected the group message, got {other:?}"),
+        }
+    }
+    ui.answer("[Friends] text/image/0: ", "0").await;
+    ui.answer("[Friends] 1/2/3/0: ", "0").await;
+
+    // In bob's group alice is not an admin.
+    bob.create_group(
+        &quip_proto::ids::GroupName::new("Bobs").unwrap(),
+        &[UserName::new("alice").unwrap()],
+    )
+    .await
+    .unwrap();
+    ui.answer("> ", "3").await;
+    ui.answer("Group name: ", "Bobs").await;
+    ui.answer("[Bobs] 1/2/3/0: ", "2").await;
+    ui.expect("Only admin can add/remove partipants").await;
+    ui.answer("[Bobs] 1/2/3/0: ", "3").await;
+    ui.expect("Only admin can add/remove partipants").await;
+    ui.answer("[Bobs] 1/2/3/0: ", "@#@EXIT@#@").await;
+    ui.expect("Bye.").await;
+    assert_eq!(ui.exit_code().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signup_chat_and_exit_through_the_prompts() {
     let dir = tempfile::tempdir().unwrap();

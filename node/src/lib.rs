@@ -187,7 +187,11 @@ async fn janitor<S: Storage>(node: Arc<Node<S>>, mut stop: watch::Receiver<bool>
         if let Err(err) = node.storage.purge_sessions(now).await {
             tracing::warn!(error = %err, "cannot purge sessions");
         }
-        if let Err(err) = node.storage.purge_unfinished_blobs(now - ABANDONED_UPLOAD_MS).await {
+        if let Err(err) = node
+            .storage
+            .purge_unfinished_blobs(now - ABANDONED_UPLOAD_MS)
+            .await
+        {
             tracing::warn!(error = %err, "cannot purge abandoned uploads");
         }
     }

@@ -1,11 +1,12 @@
 //! The task that owns the connection: answers the prompt loop's commands and prints what
 //! arrives in between.
 
+use quip_cli::Chat;
 use quip_cli::e2e::DEFAULT_KEY_BITS;
 use quip_cli::{Client, ClientError, Incoming};
 use quip_proto::client::Presence;
-use quip_proto::ids::UserName;
-use quip_proto::{Conversation, ErrorCode};
+use quip_proto::ids::{GroupId, GroupName, UserName};
+use quip_proto::{Action, Conversation, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::input::Printer;
@@ -21,14 +22,30 @@ pub(crate) enum Cmd {
     },
     Users(oneshot::Sender<Result<Vec<Presence>, String>>),
     Send {
-        to: UserName,
+        to: Chat,
         text: String,
-        reply: oneshot::Sender<Result<(), SendError>>,
+        reply: oneshot::Sender<Result<Vec<String>, SendError>>,
     },
     SendImage {
-        to: UserName,
+        to: Chat,
         path: std::path::PathBuf,
-        reply: oneshot::Sender<Result<(), SendError>>,
+        reply: oneshot::Sender<Result<Vec<String>, SendError>>,
+    },
+    Groups(oneshot::Sender<Result<Vec<String>, String>>),
+    CreateGroup {
+        name: GroupName,
+        members: Vec<UserName>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Opens a group by name: its id and whether we are an admin.
+    OpenGroup {
+        name: String,
+        reply: oneshot::Sender<Result<(GroupId, bool), String>>,
+    },
+    ChangeGroup {
+        id: GroupId,
+        action: Action,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Accept {
         user: UserName,
@@ -39,7 +56,10 @@ pub(crate) enum Cmd {
 /// Why a send failed, as the prompt loop needs to react to it.
 pub(crate) enum SendError {
     /// The peer's keys changed: ask the user whether to accept.
-    KeyChanged(String),
+    KeyChanged {
+        user: UserName,
+        why: String,
+    },
     Other(String),
 }
 
@@ -101,7 +121,7 @@ pub(crate) async fn run(
             event = client.recv_event() => {
                 if let Some(incoming) = client.handle_event(event).await {
                     let closed = matches!(incoming, Incoming::Closed(_) | Incoming::Reconnect { .. });
-                    print(render(&incoming));
+                    print(render(&client, &incoming));
                     if closed {
                         break;
                     }
@@ -125,20 +145,43 @@ async fn handle(client: &mut Client, cmd: Cmd) {
             let _ = reply.send(client.users().await.map_err(|e| describe(&e)));
         }
         Cmd::Send { to, text, reply } => {
-            let result = client
-                .send_text(&to, &text)
-                .await
-                .map(|_| ())
-                .map_err(|e| match e {
-                    ClientError::KeyChanged { .. } => SendError::KeyChanged(e.to_string()),
-                    other => SendError::Other(describe(&other)),
-                });
-            let _ = reply.send(result);
+            let result = client.send_text_to(&to, &text).await;
+            let _ = reply.send(result.map(|s| s.left_out).map_err(send_error));
         }
         Cmd::SendImage { to, path, reply } => {
             let mut bar = crate::progress::bar("sending");
-            let result = client.send_image(&to, &path, &mut bar).await;
-            let _ = reply.send(result.map(|_| ()).map_err(send_error));
+            let result = client.send_image_to(&to, &path, &mut bar).await;
+            let _ = reply.send(result.map(|s| s.left_out).map_err(send_error));
+        }
+        Cmd::Groups(reply) => {
+            let groups = client.groups().await.map(|groups| {
+                groups
+                    .into_iter()
+                    .map(|g| format!("{} (by {})", g.name, g.creator))
+                    .collect()
+            });
+            let _ = reply.send(groups.map_err(|e| describe(&e)));
+        }
+        Cmd::CreateGroup {
+            name,
+            members,
+            reply,
+        } => {
+            let created = client.create_group(&name, &members).await;
+            let _ = reply.send(created.map(|_| ()).map_err(|e| describe(&e)));
+        }
+        Cmd::OpenGroup { name, reply } => {
+            let opened = async {
+                let summary = client.group_named(&name).await?;
+                let verified = client.verify_group(&summary.id).await?;
+                Ok::<_, ClientError>((summary.id, verified.state.is_admin(client.me())))
+            }
+            .await;
+            let _ = reply.send(opened.map_err(|e| describe(&e)));
+        }
+        Cmd::ChangeGroup { id, action, reply } => {
+            let changed = client.change_group(&id, action).await;
+            let _ = reply.send(changed.map_err(|e| describe(&e)));
         }
         Cmd::Accept { user, reply } => {
             let _ = reply.send(client.accept_keys(&user).await.map_err(|e| describe(&e)));
@@ -148,24 +191,34 @@ async fn handle(client: &mut Client, cmd: Cmd) {
 
 fn send_error(err: ClientError) -> SendError {
     match err {
-        ClientError::KeyChanged { .. } => SendError::KeyChanged(err.to_string()),
+        ClientError::KeyChanged { ref user, .. } => SendError::KeyChanged {
+            user: user.clone(),
+            why: err.to_string(),
+        },
         other => SendError::Other(describe(&other)),
     }
 }
 
 /// How an incoming message looks on screen.
-pub(crate) fn render(incoming: &Incoming) -> String {
+pub(crate) fn render(client: &Client, incoming: &Incoming) -> String {
+    let place = |conversation: &Conversation| match conversation {
+        Conversation::Direct(_) => String::new(),
+        Conversation::Group { id, .. } => {
+            format!(
+                "[{}] ",
+                client.group_name(id).unwrap_or_else(|| "group".into())
+            )
+        }
+    };
     match incoming {
-        Incoming::Message(m) => match &m.conversation {
-            Conversation::Direct(_) => format!("{}: {}", m.from, m.text),
-            Conversation::Group { .. } => format!("[group] {}: {}", m.from, m.text),
-        },
-        Incoming::Image(m) => match &m.conversation {
-            Conversation::Direct(_) => format!("{} sent an image: {}", m.from, m.path.display()),
-            Conversation::Group { .. } => {
-                format!("[group] {} sent an image: {}", m.from, m.path.display())
-            }
-        },
+        Incoming::Message(m) => format!("{}{}: {}", place(&m.conversation), m.from, m.text),
+        Incoming::Image(m) => format!(
+            "{}{} sent an image: {}",
+            place(&m.conversation),
+            m.from,
+            m.path.display()
+        ),
+        Incoming::GroupChanged(what) => what.clone(),
         Incoming::Rejected { from, reason } => {
             format!("! a message from {from} was refused: {reason}")
         }

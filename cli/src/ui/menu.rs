@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use quip_cli::Chat;
 use quip_proto::ids::UserName;
 use tokio::sync::{mpsc, oneshot};
 
@@ -11,7 +12,7 @@ use super::actor::{Cmd, SendError};
 use super::input::{Eof, Input};
 
 /// Leaving the program: `@#@EXIT@#@`, Ctrl-D, or the connection is gone.
-struct Leave;
+pub(super) struct Leave;
 
 impl From<Eof> for Leave {
     fn from(_: Eof) -> Self {
@@ -19,16 +20,19 @@ impl From<Eof> for Leave {
     }
 }
 
-type Flow<T> = Result<T, Leave>;
+pub(super) type Flow<T> = Result<T, Leave>;
 
-fn ask<T>(tx: &mpsc::Sender<Cmd>, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Flow<T> {
+pub(super) fn ask<T>(
+    tx: &mpsc::Sender<Cmd>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Cmd,
+) -> Flow<T> {
     let (reply, answer) = oneshot::channel();
     tx.blocking_send(make(reply)).map_err(|_| Leave)?;
     answer.blocking_recv().map_err(|_| Leave)
 }
 
 /// A line, where `@#@EXIT@#@` leaves.
-fn line(input: &mut Input, prompt: &str) -> Flow<String> {
+pub(super) fn line(input: &mut Input, prompt: &str) -> Flow<String> {
     let line = input.line(prompt)?;
     if line == EXIT { Err(Leave) } else { Ok(line) }
 }
@@ -50,7 +54,8 @@ fn session(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
         println!("1 personal chat | 2 create group | 3 group chat | {EXIT} to leave");
         match line(input, "> ")?.as_str() {
             "1" => personal_chat(input, tx)?,
-            "2" | "3" => println!("Groups are not available on this server yet."),
+            "2" => super::group::create(input, tx)?,
+            "3" => super::group::room(input, tx)?,
             "" => {}
             other => println!("Unknown choice {other:?}."),
         }
@@ -107,7 +112,14 @@ fn show_users(tx: &mpsc::Sender<Cmd>) -> Flow<()> {
                     if p.online { "online" } else { "offline" }
                 );
             }
-            println!("Groups: none");
+            match ask(tx, Cmd::Groups)? {
+                Ok(groups) if groups.is_empty() => println!("Groups: none"),
+                Ok(groups) => {
+                    println!("Groups:");
+                    groups.iter().for_each(|g| println!("  {g}"));
+                }
+                Err(why) => println!("Cannot list groups: {why}"),
+            }
         }
         Err(why) => println!("Cannot list users: {why}"),
     }
@@ -125,15 +137,30 @@ fn personal_chat(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
     println!(
         "Chatting with {peer}: text to send a message, image to send a picture, 0 to go back."
     );
+    compose(input, tx, &Chat::Direct(peer.clone()), peer.as_str())
+}
+
+/// The `text` / `image` / `0` loop of a chat room, for a person or a group.
+pub(super) fn compose(
+    input: &mut Input,
+    tx: &mpsc::Sender<Cmd>,
+    chat: &Chat,
+    label: &str,
+) -> Flow<()> {
     loop {
-        match line(input, &format!("[{peer}] text/image/0: "))?.as_str() {
+        match line(input, &format!("[{label}] text/image/0: "))?.as_str() {
             "0" => return Ok(()),
             "text" => {
                 let text = line(input, "Message: ")?;
                 if text.is_empty() {
                     continue;
                 }
-                send(input, tx, &peer, text)?;
+                let sent = ask(tx, |reply| Cmd::Send {
+                    to: chat.clone(),
+                    text,
+                    reply,
+                })?;
+                report(input, tx, sent)?;
             }
             "image" => {
                 let path = line(input, "Path to image: ")?;
@@ -141,11 +168,11 @@ fn personal_chat(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
                     continue;
                 }
                 let sent = ask(tx, |reply| Cmd::SendImage {
-                    to: peer.clone(),
+                    to: chat.clone(),
                     path: path.into(),
                     reply,
                 })?;
-                report(input, tx, &peer, sent)?;
+                report(input, tx, sent)?;
             }
             "" => {}
             other => println!("Type text, image or 0 (not {other:?})."),
@@ -153,33 +180,26 @@ fn personal_chat(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
     }
 }
 
-fn send(input: &mut Input, tx: &mpsc::Sender<Cmd>, peer: &UserName, text: String) -> Flow<()> {
-    let sent = ask(tx, |reply| Cmd::Send {
-        to: peer.clone(),
-        text,
-        reply,
-    })?;
-    report(input, tx, peer, sent)
-}
-
-/// Says how a send went; after a key change, offers to trust the new keys (then send again).
+/// Says how a send went; after a key change, offers to trust the new keys.
 fn report(
     input: &mut Input,
     tx: &mpsc::Sender<Cmd>,
-    peer: &UserName,
-    sent: Result<(), SendError>,
+    sent: Result<Vec<String>, SendError>,
 ) -> Flow<()> {
     match sent {
-        Ok(()) => println!("(sent)"),
+        Ok(warnings) => {
+            warnings.iter().for_each(|w| println!("{w}"));
+            println!("(sent)");
+        }
         Err(SendError::Other(why)) => println!("Not sent: {why}"),
-        Err(SendError::KeyChanged(why)) => {
+        Err(SendError::KeyChanged { user, why }) => {
             println!("Not sent: {why}");
-            if line(input, &format!("Trust the new keys of {peer}? (yes/no): "))? == "yes" {
+            if line(input, &format!("Trust the new keys of {user}? (yes/no): "))? == "yes" {
                 match ask(tx, |reply| Cmd::Accept {
-                    user: peer.clone(),
+                    user: user.clone(),
                     reply,
                 })? {
-                    Ok(()) => println!("Now trusting {peer}'s new keys; send again."),
+                    Ok(()) => println!("Now trusting {user}'s new keys; send again."),
                     Err(why) => println!("{why}"),
                 }
             }

@@ -5,12 +5,15 @@
 //! and an actor task owns the connection, so pushes are handled while the user types.
 
 mod actor;
+mod group;
 mod input;
 mod menu;
 
 use std::process::ExitCode;
 
 use tokio::sync::mpsc;
+
+pub(crate) use actor::render;
 
 use crate::commands::Target;
 

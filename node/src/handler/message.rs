@@ -85,10 +85,9 @@ pub(crate) async fn check_route<S: Storage>(
             }
             Ok(())
         }
-        Conversation::Group { .. } => Err(Refusal::new(
-            ErrorCode::WrongService,
-            "groups are not served by this node version",
-        )),
+        Conversation::Group { id, epoch } => {
+            super::group::check_message(node, header, id, *epoch).await
+        }
     }
 }
 

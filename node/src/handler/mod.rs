@@ -1,12 +1,13 @@
 //! Request handlers, one file per family: accounts, the user directory and keys, messages,
-//! images.
+//! images, groups.
 
 pub(crate) mod auth;
 pub(crate) mod directory;
+pub(crate) mod group;
 pub(crate) mod image;
 pub(crate) mod message;
 
-use quip_proto::{ClientToNode, ErrorCode, NodeToClient};
+use quip_proto::{ClientToNode, NodeToClient};
 use quip_storage::Storage;
 
 use crate::session::{Refusal, Session};
@@ -46,12 +47,10 @@ pub(crate) async fn dispatch<S: Storage>(
             session.send(&NodeToClient::Pong { req }).await;
             Ok(())
         }
-        CreateGroup { .. } | ChangeGroup { .. } | ListGroups { .. } | GroupInfo { .. } => {
-            Err(Refusal::new(
-                ErrorCode::WrongService,
-                "groups are not served by this node version",
-            ))
-        }
+        CreateGroup { req, genesis } => group::create(session, req, genesis).await,
+        ChangeGroup { req, change } => group::change(session, req, change).await,
+        ListGroups { req } => group::list(session, req).await,
+        GroupInfo { req, group } => group::info(session, req, group).await,
         FetchBlob { req, msg } => image::fetch(session, req, msg).await,
     }
 }

@@ -49,6 +49,8 @@ pub struct TestNode {
     pub storage: Arc<Store>,
     pub dir: TempDir,
     pub db_path: Option<PathBuf>,
+    /// The storage URL (tests that play a malicious server edit the database directly).
+    pub url: String,
 }
 
 impl TestNode {
@@ -68,6 +70,7 @@ impl TestNode {
             Backend::Postgres => (postgres_url()?, None),
         };
         let storage = Arc::new(Store::connect(&url).await.expect("storage opens"));
+        let db_url = url.clone();
         let mut config = NodeConfig::new(
             "node-test".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
@@ -85,7 +88,31 @@ impl TestNode {
             storage,
             dir,
             db_path,
+            url: db_url,
         })
+    }
+
+    /// Plays a malicious server: makes `user` a member of `group` in the database without any
+    /// signed change.
+    pub async fn inject_member(&self, group: &quip_proto::ids::GroupId, user: &UserName) {
+        let sql = "INSERT INTO group_members (group_id, user_name, role) VALUES ($1, $2, 'member')";
+        if self.url.starts_with("sqlite") {
+            let pool = sqlx::SqlitePool::connect(&self.url).await.unwrap();
+            sqlx::query(sql)
+                .bind(group.0.as_slice())
+                .bind(user.as_str())
+                .execute(&pool)
+                .await
+                .unwrap();
+        } else {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            sqlx::query(sql)
+                .bind(group.0.as_slice())
+                .bind(user.as_str())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
     }
 
     pub fn trust(&self) -> Trust {
