@@ -50,13 +50,23 @@ impl FramedSend {
     }
 }
 
-/// The receiving half of a stream, reading whole frames.
+/// The receiving half of a stream, reading whole frames. Cancel-safe: a `recv` dropped
+/// mid-frame (say, in a `select!`) keeps what it read, and the next call continues the frame.
 #[derive(Debug)]
 pub struct FramedRecv {
     inner: quinn::RecvStream,
     max: usize,
-    buf: Vec<u8>,
+    prefix: [u8; PREFIX_LEN],
+    /// Bytes of the current frame read so far (prefix and body).
+    have: usize,
+    /// The current frame's body length, once its prefix is complete.
+    want: Option<usize>,
+    body: Vec<u8>,
 }
+
+/// A body buffer larger than this is released after its frame, so an idle connection does not
+/// keep a large frame's memory.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 impl FramedRecv {
     /// Wraps a stream, refusing frames over `max` bytes (capped at the protocol's maximum).
@@ -64,24 +74,52 @@ impl FramedRecv {
         Self {
             inner,
             max,
-            buf: Vec::new(),
+            prefix: [0; PREFIX_LEN],
+            have: 0,
+            want: None,
+            body: Vec::new(),
         }
     }
 
     /// The next message; `Ok(None)` when the peer finished the stream between frames.
     /// A stream that ends inside a frame is [`DecodeError::Truncated`].
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        let mut prefix = [0u8; PREFIX_LEN];
-        if !self.fill(&mut prefix, true).await? {
-            return Ok(None);
+        while self.have < PREFIX_LEN {
+            match self.inner.read(&mut self.prefix[self.have..]).await? {
+                Some(n) => self.have += n,
+                None if self.have == 0 => return Ok(None),
+                None => {
+                    return Err(DecodeError::Truncated {
+                        missing: PREFIX_LEN - self.have,
+                    }
+                    .into());
+                }
+            }
         }
-        let len = frame::body_len(prefix, self.max)?;
-        self.buf.resize(len, 0);
-        let mut body = std::mem::take(&mut self.buf);
-        let filled = self.fill(&mut body, false).await;
-        self.buf = body;
-        filled?;
-        Ok(Some(frame::decode_body(&self.buf)?))
+        let len = match self.want {
+            Some(len) => len,
+            None => {
+                let len = frame::body_len(self.prefix, self.max)?;
+                self.body.clear();
+                self.body.resize(len, 0);
+                self.want = Some(len);
+                len
+            }
+        };
+        while self.have - PREFIX_LEN < len {
+            let got = self.have - PREFIX_LEN;
+            match self.inner.read(&mut self.body[got..len]).await? {
+                Some(n) => self.have += n,
+                None => return Err(DecodeError::Truncated { missing: len - got }.into()),
+            }
+        }
+        self.have = 0;
+        self.want = None;
+        let msg = frame::decode_body(&self.body[..len]);
+        if self.body.capacity() > KEEP_BUFFER {
+            self.body = Vec::new();
+        }
+        Ok(Some(msg?))
     }
 
     /// Like [`recv`](Self::recv) but a clean end is an error: for replies that must come.
@@ -91,20 +129,6 @@ impl FramedRecv {
             .ok_or(FrameError::Decode(DecodeError::Truncated {
                 missing: PREFIX_LEN,
             }))
-    }
-
-    /// Reads exactly `out.len()` bytes. Returns `false` if the stream ended before the first
-    /// byte and `clean_end_ok`.
-    async fn fill(&mut self, out: &mut [u8], clean_end_ok: bool) -> Result<bool, FrameError> {
-        match self.inner.read_exact(out).await {
-            Ok(()) => Ok(true),
-            Err(quinn::ReadExactError::FinishedEarly(0)) if clean_end_ok => Ok(false),
-            Err(quinn::ReadExactError::FinishedEarly(got)) => Err(DecodeError::Truncated {
-                missing: out.len() - got,
-            }
-            .into()),
-            Err(quinn::ReadExactError::ReadError(err)) => Err(err.into()),
-        }
     }
 
     /// The underlying stream (to stop it).
