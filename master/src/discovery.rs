@@ -1,0 +1,100 @@
+//! Discovery sessions: a client (or `quip-master status`) asks which node to use, or for
+//! every node's status, as often as its rate limits allow.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quip_proto::{ClientToMaster, ErrorCode, MasterToClient};
+use quip_quic::FrameError;
+use tokio::sync::watch;
+
+use crate::Master;
+use crate::ratelimit::Bucket;
+use crate::session::{self, close};
+
+/// Serves one discovery connection. Discovery uses the control stream only: a client that
+/// opens another stream is closed (so it cannot make the master buffer data on it).
+pub(crate) async fn serve(
+    master: Arc<Master>,
+    conn: quinn::Connection,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some((mut send, mut recv)) = session::handshake(&conn).await else {
+        return;
+    };
+    let ip = conn.remote_address().ip();
+    let mut bucket = Bucket::full(master.config.discovery_per_conn, Instant::now());
+    loop {
+        // Every branch but the first ends the session, so dropping a half-read frame is moot.
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(master.config.discovery_idle, recv.recv::<ClientToMaster>()) => frame,
+            extra = conn.accept_bi() => {
+                if extra.is_ok() {
+                    tracing::info!("discovery client opened a second stream; closing");
+                    conn.close(close::PROTOCOL.into(), b"discovery uses one stream");
+                }
+                return;
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let request = match frame {
+            Ok(Ok(Some(request))) => request,
+            Ok(Ok(None)) => {
+                session::flush_then_close(&conn, send, close::DONE, "bye").await;
+                return;
+            }
+            Ok(Err(FrameError::Decode(err))) => {
+                tracing::info!(error = %err, "malformed discovery request; closing");
+                let _ = send
+                    .send(&MasterToClient::Error {
+                        code: ErrorCode::Malformed,
+                        message: err.to_string(),
+                    })
+                    .await;
+                session::flush_then_close(&conn, send, close::PROTOCOL, "malformed frame").await;
+                return;
+            }
+            Ok(Err(_)) => return,
+            Err(_idle) => {
+                conn.close(close::IDLE.into(), b"idle discovery connection");
+                return;
+            }
+        };
+        let answer = answer(&master, &mut bucket, ip, request);
+        if send.send(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The answer to one request, after both rate limits: the connection's bucket first (so a
+/// flooding connection does not use up its address's allowance), then the address's.
+fn answer(
+    master: &Master,
+    bucket: &mut Bucket,
+    ip: IpAddr,
+    request: ClientToMaster,
+) -> MasterToClient {
+    let now = Instant::now();
+    if !bucket.take(master.config.discovery_per_conn, now) || !master.limiter.allow(ip, now) {
+        tracing::debug!("discovery rate limit; busy");
+        return MasterToClient::Error {
+            code: ErrorCode::Busy,
+            message: "too many discovery requests; slow down and retry".into(),
+        };
+    }
+    match request {
+        ClientToMaster::Discover => match master.registry.discover(now) {
+            Some((node, addr)) => {
+                tracing::debug!(%node, "discovery answered");
+                MasterToClient::Node { node, addr }
+            }
+            None => {
+                tracing::info!("discovery: no healthy node");
+                MasterToClient::NoService
+            }
+        },
+        ClientToMaster::Status => MasterToClient::Status(master.registry.status(now)),
+    }
+}

@@ -1,0 +1,129 @@
+//! What every connection to the master shares: the control-stream handshake, QUIC close
+//! codes, the negotiated ALPN and the peer's certificate, and the answer to clients that
+//! speak the node protocol to the master.
+
+use std::time::Duration;
+
+use quip_proto::limits::MAX_FRAME;
+use quip_proto::{ErrorCode, Hello, NodeToClient, StreamOpen};
+use quip_quic::{FramedRecv, FramedSend};
+use rustls::pki_types::CertificateDer;
+
+/// How long a new connection may take to open its control stream and say hello.
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refusal may take to reach the peer before the connection closes anyway.
+pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The reason given to a client that speaks the client ↔ node protocol to the master.
+pub const WRONG_SERVICE_REASON: &str = "this is a Quip master; clients connect with discovery (quip connect --master ADDR), not to the master as a node";
+
+/// QUIC application close codes the master uses; the reason text says the same in words.
+pub mod close {
+    /// Clean end (the peer finished its control stream).
+    pub const DONE: u32 = 0;
+    /// Protocol violation (malformed frame, wrong first stream, extra stream).
+    pub const PROTOCOL: u32 = 1;
+    /// Version mismatch.
+    pub const VERSION: u32 = 2;
+    /// The master is shutting down; nodes reconnect and register again when it is back.
+    pub const SHUTDOWN: u32 = 3;
+    /// The peer spoke a protocol the master does not serve (a client on ALPN `quip/1`).
+    pub const WRONG_SERVICE: u32 = 4;
+    /// A node connection without a client certificate, or registering under a name its
+    /// certificate does not carry.
+    pub const UNAUTHENTICATED: u32 = 5;
+    /// The node missed heartbeats for `dead_after`; reconnect and register again.
+    pub const DEAD: u32 = 6;
+    /// A newer connection registered the same node name.
+    pub const REPLACED: u32 = 7;
+    /// The master is full.
+    pub const BUSY: u32 = 8;
+    /// A discovery connection sat idle too long.
+    pub const IDLE: u32 = 9;
+}
+
+/// The ALPN the peer and the master agreed on.
+pub(crate) fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// The peer's certificate chain (leaf first), if it presented one. rustls has verified it
+/// chains to the cluster CA.
+pub(crate) fn peer_chain(conn: &quinn::Connection) -> Option<Vec<CertificateDer<'static>>> {
+    conn.peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()
+        .map(|chain| *chain)
+        .filter(|chain| !chain.is_empty())
+}
+
+/// Accepts the control stream, reads `StreamOpen::Control(hello)` and answers with ours.
+/// On a wrong first stream or version mismatch the connection is closed with the reason.
+pub(crate) async fn handshake(conn: &quinn::Connection) -> Option<(FramedSend, FramedRecv)> {
+    let accepted = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let (send, recv) = conn.accept_bi().await.ok()?;
+        let mut recv = FramedRecv::new(recv, MAX_FRAME);
+        let open = recv.expect::<StreamOpen>().await.ok()?;
+        Some((FramedSend::new(send), recv, open))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((mut send, recv, open)) = accepted else {
+        conn.close(
+            close::PROTOCOL.into(),
+            b"expected a control stream with a hello",
+        );
+        return None;
+    };
+    let StreamOpen::Control(hello) = open else {
+        conn.close(
+            close::PROTOCOL.into(),
+            b"the first stream must be the control stream",
+        );
+        return None;
+    };
+    send.send(&Hello::ours(crate::AGENT)).await.ok()?;
+    if let Err(why) = hello.check_version() {
+        tracing::info!(peer = hello.version, "version mismatch");
+        flush_then_close(conn, send, close::VERSION, &why).await;
+        return None;
+    }
+    Some((send, recv))
+}
+
+/// Finishes `send`, waits (briefly) until the peer has received everything on it, then closes
+/// the connection with `code` and `reason`.
+pub(crate) async fn flush_then_close(
+    conn: &quinn::Connection,
+    mut send: FramedSend,
+    code: u32,
+    reason: &str,
+) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stream().stopped()).await;
+    }
+    conn.close(code.into(), reason.as_bytes());
+}
+
+/// A client speaking the client ↔ node protocol (`quip/1`) reached the master. It gets its
+/// hello answered (so it can read what follows), then one
+/// `NodeToClient::Error { code: WrongService }` carrying [`WRONG_SERVICE_REASON`], then the
+/// connection closes with [`close::WRONG_SERVICE`] and the same reason.
+pub(crate) async fn wrong_service(conn: quinn::Connection) {
+    let Some((mut send, _recv)) = handshake(&conn).await else {
+        return;
+    };
+    tracing::info!("a client spoke the node protocol to the master; closing");
+    let _ = send
+        .send(&NodeToClient::Error {
+            req: None,
+            code: ErrorCode::WrongService,
+            message: WRONG_SERVICE_REASON.into(),
+        })
+        .await;
+    flush_then_close(&conn, send, close::WRONG_SERVICE, WRONG_SERVICE_REASON).await;
+}
