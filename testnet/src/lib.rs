@@ -1,2 +1,5 @@
-//! `quip-testnet`: a local master and nodes, simulated users, benchmarks, fault drills and
-//! protocol transcripts. Arrives with issue 7; the binary is a `--help` shell until then.
+//! `quip-testnet`: a local Quip network, benchmarks against bare QUIC, fault drills and
+//! protocol transcripts. Library-first: the binary only parses flags.
+
+pub mod bench;
+mod fixtures;

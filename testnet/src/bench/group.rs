@@ -1,0 +1,144 @@
+//! `bench group`: one group message fanned out to 10, 100 and 1,000 members on one node:
+//! deliveries per second and the time until the last member has it. Baseline: a bare quinn
+//! server writing the same-sized frame to as many connections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quip_proto::ids::{GroupId, GroupName, MsgId};
+use quip_proto::{ClientToNode, ContentKind, Conversation};
+use quip_storage::{NewGroup, Storage};
+
+use super::Options;
+use super::report::{Latency, Report, Row};
+use crate::fixtures::{BenchNode, envelope, msg_id, receive, users};
+
+pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
+    let mut report = Report::new("group");
+    let sizes: &[usize] = if opts.quick {
+        &[10, 100]
+    } else {
+        &[10, 100, 1000]
+    };
+    for &members in sizes {
+        let messages = if members >= 1000 { 10 } else { 30 };
+        let (rate, mut to_last, frame) = fan_out(opts, members, messages).await?;
+        let p99 = Latency::of(&mut to_last).p99_ms;
+        let (bare_rate, bare_p99) = super::baseline::fanout(members, messages, frame).await?;
+        let case = format!("{members} members");
+        report
+            .rows
+            .push(Row::new(&case, "deliveries/s", rate, "1/s").vs(bare_rate));
+        report.rows.push(
+            Row::new(&case, "p99 to last member", p99, "ms").vs(bare_p99.as_secs_f64() * 1e3),
+        );
+    }
+    report
+        .notes
+        .push("messages sent one after another; each is stored once and queued per member".into());
+    Ok(report)
+}
+
+/// Returns deliveries per second, per-message time to the last member, and the delivery frame
+/// size each member receives.
+async fn fan_out(
+    opts: &Options,
+    members: usize,
+    messages: usize,
+) -> anyhow::Result<(f64, Vec<Duration>, usize)> {
+    let node = BenchNode::start(opts.database_url.as_deref()).await?;
+    let people = users(&node.storage, "grp", members + 1).await?;
+    let (sender, rest) = people.split_first().expect("at least one user");
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id)?;
+    let group = GroupId(id);
+    node.storage
+        .create_group(&NewGroup {
+            id: group,
+            name: GroupName::new("bench")?,
+            creator: sender.name.clone(),
+            members: rest.iter().map(|u| u.name.clone()).collect(),
+            genesis: vec![0; 64],
+            created_at: 0,
+        })
+        .await?;
+    let arrivals: Arc<Mutex<HashMap<MsgId, (usize, Instant)>>> = Arc::default();
+    let mut readers = Vec::with_capacity(members);
+    for member in rest {
+        let mut conn = node.connect(member).await?;
+        let arrivals = arrivals.clone();
+        readers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            receive(&mut conn, messages, deadline, |id, at| {
+                let mut map = arrivals.lock().unwrap();
+                let entry = map.entry(id).or_insert((0, at));
+                entry.0 += 1;
+                entry.1 = entry.1.max(at);
+            })
+            .await;
+            conn
+        }));
+    }
+    let conn = node.connect(sender).await?;
+    let names: Vec<_> = rest.iter().map(|u| u.name.clone()).collect();
+    let template = envelope(
+        &sender.name,
+        Conversation::Group {
+            id: group,
+            epoch: 0,
+        },
+        ContentKind::Text,
+        &names,
+        120,
+    );
+    let frame = 4 + 3 + template.keys[0].wrapped.len() + postcard_len(&template);
+    // Pipelined, like the baseline: every message is submitted without waiting for the
+    // previous one's `Stored`.
+    let conn = Arc::new(conn);
+    let mut sent = Vec::with_capacity(messages);
+    let mut pending = Vec::with_capacity(messages);
+    let started = Instant::now();
+    for _ in 0..messages {
+        let mut env = template.clone();
+        env.sealed.header.id = msg_id();
+        sent.push((env.sealed.header.id, Instant::now()));
+        let conn = conn.clone();
+        pending.push(tokio::spawn(async move {
+            conn.request(|req| ClientToNode::Send { req, envelope: env })
+                .await
+        }));
+    }
+    for stored in pending {
+        stored.await??;
+    }
+    let mut conns = Vec::new();
+    for reader in readers {
+        conns.push(reader.await?);
+    }
+    let map = arrivals.lock().unwrap();
+    let mut to_last = Vec::with_capacity(messages);
+    let mut delivered = 0;
+    let mut end = started;
+    for (id, at) in &sent {
+        if let Some((count, last)) = map.get(id) {
+            delivered += count;
+            to_last.push(*last - *at);
+            end = end.max(*last);
+        }
+    }
+    anyhow::ensure!(
+        delivered == members * messages,
+        "{delivered} of {} deliveries arrived",
+        members * messages
+    );
+    Ok((
+        delivered as f64 / (end - started).as_secs_f64(),
+        to_last,
+        frame,
+    ))
+}
+
+fn postcard_len(envelope: &quip_proto::Envelope) -> usize {
+    quip_proto::frame::encode(&envelope.sealed).map_or(0, |f| f.len() - 4)
+}

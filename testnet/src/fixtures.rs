@@ -1,0 +1,199 @@
+//! Benchmark fixtures: nodes in-process, users and sessions written straight to storage (no
+//! bcrypt per user: a benchmark of the network should not spend minutes hashing), clients that
+//! resume those sessions, and pre-built envelopes (crypto is measured on its own, in `crypto`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use quip_cli::{Connection, Event};
+use quip_node::{NodeConfig, NodeHandle};
+use quip_proto::ids::{MsgId, SessionToken, UserName};
+use quip_proto::{
+    ClientToNode, ContentKind, Conversation, Envelope, Header, NodeToClient, Sealed, WrappedKey,
+};
+use quip_quic::Trust;
+use quip_storage::{NewUser, Storage, Store};
+use sha2::{Digest, Sha256};
+
+/// RSA-3072 sizes, so envelopes weigh what real ones do.
+pub(crate) const WRAPPED_KEY_LEN: usize = 384;
+/// Bytes of a signature.
+pub(crate) const SIGNATURE_LEN: usize = 384;
+
+/// A node running in this process over its own storage.
+pub(crate) struct BenchNode {
+    pub(crate) handle: NodeHandle,
+    pub(crate) storage: Arc<Store>,
+    pub(crate) trust: Trust,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchNode {
+    /// Starts a node on SQLite in a temp directory, or on `database_url`.
+    pub(crate) async fn start(database_url: Option<&str>) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let url = match database_url {
+            Some(url) => url.to_owned(),
+            None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+        };
+        let storage = Arc::new(Store::connect(&url).await?);
+        let config = NodeConfig::new(
+            "node-bench".parse()?,
+            "127.0.0.1:0".parse()?,
+            dir.path().join("node"),
+        );
+        let handle = quip_node::start(config, storage.clone()).await?;
+        let trust = Trust::from_ca_file(handle.ca_cert_path())?;
+        Ok(Self {
+            handle,
+            storage,
+            trust,
+            _dir: dir,
+        })
+    }
+
+    /// A logged-in connection for `user` (resuming its session: no bcrypt).
+    pub(crate) async fn connect(&self, user: &BenchUser) -> anyhow::Result<Connection> {
+        let conn = Connection::connect(
+            self.handle.local_addr(),
+            quip_quic::names::NODE,
+            &self.trust,
+        )
+        .await?;
+        let token = user.token.clone();
+        match conn
+            .request(|req| ClientToNode::Resume { req, token })
+            .await?
+        {
+            NodeToClient::LoggedIn { .. } => Ok(conn),
+            other => anyhow::bail!("resume answered {other:?}"),
+        }
+    }
+}
+
+/// A user created for a benchmark, with a live session token.
+#[derive(Clone)]
+pub(crate) struct BenchUser {
+    pub(crate) name: UserName,
+    pub(crate) token: SessionToken,
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("OS randomness");
+    bytes
+}
+
+/// Creates `count` users named `<prefix><i>` with sessions, straight in storage.
+pub(crate) async fn users(
+    storage: &Store,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Vec<BenchUser>> {
+    // These users resume sessions and never log in with a password (logins are benchmarked
+    // on their own), so the hash is a well-formed placeholder no secret matches.
+    let hash = format!("$2b$12${}", "x".repeat(53));
+    let run = hex(&random::<3>());
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let name = UserName::new(&format!("{prefix}{run}x{i}"))?;
+        storage
+            .create_user(&NewUser {
+                name: name.clone(),
+                password_hash: hash.clone(),
+                encryption_key: vec![1; 420],
+                signing_key: vec![2; 420],
+                key_backup: vec![3; 64],
+                created_at: 0,
+            })
+            .await?;
+        let token = SessionToken(random());
+        let digest: [u8; 32] = Sha256::digest(token.0).into();
+        storage.create_session(&digest, &name, i64::MAX / 2).await?;
+        out.push(BenchUser { name, token });
+    }
+    Ok(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh message id.
+pub(crate) fn msg_id() -> MsgId {
+    MsgId(random())
+}
+
+/// An envelope of realistic size from `sender` to `recipients` (sender included), with
+/// `payload` ciphertext bytes. The node checks structure, not cryptography, so one template
+/// with fresh ids measures the network and not the load generator.
+pub(crate) fn envelope(
+    sender: &UserName,
+    conversation: Conversation,
+    kind: ContentKind,
+    recipients: &[UserName],
+    payload: usize,
+) -> Envelope {
+    let mut names: Vec<UserName> = recipients.to_vec();
+    if !names.contains(sender) {
+        names.push(sender.clone());
+    }
+    names.sort();
+    let keys = names
+        .iter()
+        .map(|name| WrappedKey {
+            recipient: name.clone(),
+            wrapped: vec![0x5a; WRAPPED_KEY_LEN],
+        })
+        .collect();
+    Envelope {
+        sealed: Sealed {
+            header: Header {
+                id: msg_id(),
+                sender: sender.clone(),
+                conversation,
+                kind,
+                sent_at_ms: 0,
+                recipients: names,
+            },
+            ciphertext: vec![0xc1; payload + 28],
+            signature: vec![0x51; SIGNATURE_LEN],
+        },
+        keys,
+    }
+}
+
+/// Reads deliveries on `conn` until `expected` arrived or the deadline passes, acknowledging
+/// them in batches; calls `seen` with each message id and its arrival time.
+pub(crate) async fn receive(
+    conn: &mut Connection,
+    expected: usize,
+    deadline: Instant,
+    mut seen: impl FnMut(MsgId, Instant),
+) -> usize {
+    let mut got = 0;
+    let mut acks = Vec::new();
+    while got < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(event)) = tokio::time::timeout(left, conn.next_event()).await else {
+            break;
+        };
+        if let Event::Deliver(delivery) = event {
+            let id = delivery.sealed.header.id;
+            seen(id, Instant::now());
+            acks.push(id);
+            got += 1;
+            if acks.len() >= 64 {
+                let _ = conn
+                    .send(&ClientToNode::Ack {
+                        ids: std::mem::take(&mut acks),
+                    })
+                    .await;
+            }
+        }
+    }
+    if !acks.is_empty() {
+        let _ = conn.send(&ClientToNode::Ack { ids: acks }).await;
+    }
+    got
+}
