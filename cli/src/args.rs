@@ -24,14 +24,17 @@ pub(crate) struct Cli {
 /// Where the server is and how to trust it.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArgs {
-    /// The node to connect to, `HOST:PORT`.
+    /// The master that picks the least busy node for you, `HOST:PORT`.
     #[arg(
         long,
         global = true,
-        env = "QUIP_NODE",
-        default_value = "127.0.0.1:7001"
+        env = "QUIP_MASTER",
+        default_value = "127.0.0.1:7000"
     )]
-    pub(crate) node: SocketAddr,
+    pub(crate) master: SocketAddr,
+    /// Connect to this node directly instead of asking the master, `HOST:PORT`.
+    #[arg(long, global = true, env = "QUIP_NODE")]
+    pub(crate) node: Option<SocketAddr>,
     /// The cluster CA certificate (PEM). Without it, the CA is pinned on first use and a
     /// changed one is refused.
     #[arg(long, global = true, env = "QUIP_CA")]

@@ -36,9 +36,13 @@ impl Target {
         Ok(Self { server, root })
     }
 
-    /// The key the account's files are stored under (the server's address).
+    /// The key the account's files and the CA pin are stored under: the cluster's master,
+    /// or the node when connecting directly.
     pub(crate) fn server_key(&self) -> String {
-        self.server.node.to_string()
+        match self.server.node {
+            Some(node) => node.to_string(),
+            None => self.server.master.to_string(),
+        }
     }
 
     pub(crate) fn user_dir(&self, user: &UserName) -> PathBuf {
@@ -53,7 +57,10 @@ impl Target {
                 addr: self.server_key(),
             },
         };
-        Connection::connect(self.server.node, quip_quic::names::NODE, &trust).await
+        match self.server.node {
+            Some(node) => Connection::connect(node, quip_quic::names::NODE, &trust).await,
+            None => Connection::via_master(self.server.master, &trust).await,
+        }
     }
 }
 
@@ -226,6 +233,17 @@ async fn login(target: &Target, user: &UserName) -> anyhow::Result<Client> {
     Ok(Client::login(conn, &target.user_dir(user), user, &pw).await?)
 }
 
+/// Whether the error is "no node is alive".
+pub(crate) fn no_service(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<ConnectError>(),
+        Some(ConnectError::NoService)
+    ) || matches!(
+        err.downcast_ref::<ClientError>(),
+        Some(ClientError::Connect(ConnectError::NoService))
+    )
+}
+
 /// The exit code documented in `quip --help` for an error.
 pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
     let connect = err
@@ -251,7 +269,9 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
             ErrorCode::NoService | ErrorCode::Busy => 4,
             _ => 6,
         },
-        Some(ConnectError::Unreachable { .. } | ConnectError::Lost(_)) => 4,
+        Some(
+            ConnectError::Unreachable { .. } | ConnectError::Lost(_) | ConnectError::NoService,
+        ) => 4,
         _ => 1,
     }
 }

@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quip_proto::ids::MsgId;
+use quip_proto::ids::{MsgId, NodeName};
 use quip_proto::limits::MAX_FRAME;
 use quip_proto::{
     Chunk, ClientToNode, Delivery, Envelope, ErrorCode, NodeToClient, ReqId, SignedChange,
     StreamOpen,
 };
+use quip_proto::{ClientToMaster, MasterToClient};
 use quip_quic::{FrameError, FramedRecv, FramedSend, Limits, Trust};
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,6 +59,9 @@ pub enum ConnectError {
     /// The node answered with something unexpected.
     #[error("unexpected answer from the node: {0}")]
     Unexpected(&'static str),
+    /// The master knows no live node.
+    #[error("Sorry, No services available")]
+    NoService,
 }
 
 impl From<FrameError> for ConnectError {
@@ -88,6 +92,9 @@ pub enum Event {
 
 type Pending = Arc<Mutex<HashMap<ReqId, oneshot::Sender<NodeToClient>>>>;
 type Downloads = Arc<Mutex<HashMap<MsgId, oneshot::Sender<FramedRecv>>>>;
+
+/// How long to wait for the master to answer a discovery.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// How long to wait for an image stream the node announced.
 const DOWNLOAD_WAIT: Duration = Duration::from_secs(30);
@@ -170,6 +177,13 @@ impl Connection {
             next_req: AtomicU32::new(1),
             events,
         })
+    }
+
+    /// Discovers the least busy node through the master and connects to it; the node's
+    /// certificate must carry the name the master gave.
+    pub async fn via_master(master: SocketAddr, trust: &Trust) -> Result<Self, ConnectError> {
+        let (node, addr) = discover(master, trust).await?;
+        Self::connect(addr, node.as_str(), trust).await
     }
 
     /// Sends a request built around a fresh request id and waits for its answer. An `Error`
@@ -303,6 +317,60 @@ async fn accept_downloads(conn: quinn::Connection, downloads: Downloads) {
             }
             let _ = recv.stream().stop(0u32.into());
         });
+    }
+}
+
+fn any_addr(peer: SocketAddr) -> SocketAddr {
+    if peer.is_ipv6() {
+        "[::]:0".parse().expect("valid")
+    } else {
+        "0.0.0.0:0".parse().expect("valid")
+    }
+}
+
+/// Asks the master at `master` which node to use: the least busy live one.
+pub async fn discover(
+    master: SocketAddr,
+    trust: &Trust,
+) -> Result<(NodeName, SocketAddr), ConnectError> {
+    let limits = Limits::client();
+    let config = quip_quic::client_config(trust, quip_proto::ALPN_DISCOVERY, None, &limits)?;
+    let unreachable = |reason: String| ConnectError::Unreachable {
+        addr: master,
+        reason: format!("the master does not answer: {reason}"),
+    };
+    let endpoint = quip_quic::client_endpoint(any_addr(master), &limits)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let connecting = endpoint
+        .connect_with(config, master, quip_quic::names::MASTER)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let conn = match tokio::time::timeout(DISCOVERY_WAIT, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => {
+            if let Trust::Pinned { known, .. } = trust
+                && let Some(pin) = known.take_error()
+            {
+                return Err(pin.into());
+            }
+            return Err(unreachable(err.to_string()));
+        }
+        Err(_) => return Err(unreachable("timed out".into())),
+    };
+    let (mut send, mut recv, hello) = quip_quic::open_control(&conn, AGENT, MAX_FRAME).await?;
+    hello.check_version().map_err(ConnectError::Version)?;
+    send.send(&ClientToMaster::Discover).await?;
+    let answer = recv.expect::<MasterToClient>().await?;
+    conn.close(0u32.into(), b"thanks");
+    match answer {
+        MasterToClient::Node { node, addr } => {
+            let addr = addr
+                .parse()
+                .map_err(|_| ConnectError::Unexpected("a node address that does not parse"))?;
+            Ok((node, addr))
+        }
+        MasterToClient::NoService => Err(ConnectError::NoService),
+        MasterToClient::Error { code, message } => Err(ConnectError::Refused { code, message }),
+        MasterToClient::Status(_) => Err(ConnectError::Unexpected("a status table")),
     }
 }
 

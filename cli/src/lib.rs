@@ -8,5 +8,5 @@ pub mod e2e;
 pub mod group;
 
 pub use client::{Client, ClientError, ImageMessage, Incoming, Message, user_dir};
-pub use connection::{ConnectError, Connection, Event};
+pub use connection::{ConnectError, Connection, Event, discover};
 pub use group::{Chat, Sent, VerifiedGroup};

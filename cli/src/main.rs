@@ -34,6 +34,11 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(code) => code,
+        Err(err) if commands::no_service(&err) => {
+            // The original's words, exactly.
+            println!("Sorry, No services available");
+            ExitCode::from(commands::exit_code(&err))
+        }
         Err(err) => {
             eprintln!("quip: {err:#}");
             ExitCode::from(commands::exit_code(&err))

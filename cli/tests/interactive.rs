@@ -260,3 +260,48 @@ async fn signup_chat_and_exit_through_the_prompts() {
     again.answer("> ", "@#@EXIT@#@").await;
     assert_eq!(again.exit_code().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_node_prints_the_original_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let master_dir = dir.path().join("master");
+    quip_master::init(&master_dir).unwrap();
+    let master = quip_master::start(quip_master::MasterConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        master_dir.clone(),
+    ))
+    .await
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quip"))
+        .arg("--master")
+        .arg(master.local_addr().to_string())
+        .arg("--ca")
+        .arg(master_dir.join("ca.pem"))
+        .arg("--data-dir")
+        .arg(dir.path().join("client"))
+        .arg("connect")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Sorry, No services available\n"
+    );
+    assert_eq!(out.status.code(), Some(4), "non-zero: no server reachable");
+
+    // A master that is not there: a clear error naming the address.
+    let out = Command::new(env!("CARGO_BIN_EXE_quip"))
+        .args(["--master", "127.0.0.1:9", "--ca"])
+        .arg(master_dir.join("ca.pem"))
+        .arg("--data-dir")
+        .arg(dir.path().join("client"))
+        .arg("connect")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+    assert_eq!(out.status.code(), Some(4));
+}

@@ -52,6 +52,10 @@ pub struct NodeConfig {
     pub max_failures_per_addr: u32,
     /// Length of the throttling window.
     pub throttle_window: Duration,
+    /// The master to register with; `None` serves alone.
+    pub master: Option<crate::MasterLink>,
+    /// The address clients are told to use (default: the bound address).
+    pub advertise: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -71,6 +75,8 @@ impl NodeConfig {
             max_failures_per_user: 5,
             max_failures_per_addr: 20,
             throttle_window: Duration::from_secs(600),
+            master: None,
+            advertise: None,
         }
     }
 }

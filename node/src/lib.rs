@@ -18,11 +18,13 @@ use tokio::task::JoinHandle;
 mod auth;
 mod config;
 mod handler;
+mod master;
 mod queue;
 mod registry;
 mod session;
 
 pub use config::{NodeConfig, NodeTls};
+pub use master::MasterLink;
 
 /// Software name sent in hellos.
 pub const AGENT: &str = concat!("quip-node/", env!("CARGO_PKG_VERSION"));
@@ -50,6 +52,23 @@ pub(crate) struct Node<S: Storage> {
     pub(crate) registry: Arc<registry::Registry>,
     pub(crate) auth: auth::Auth,
     pub(crate) enqueuer: queue::Enqueuer,
+    /// The link to the master, if this node is part of a cluster.
+    pub(crate) uplink: Option<master::Uplink>,
+    /// Messages accepted since the last load report.
+    pub(crate) accepted: Arc<master::Counter>,
+}
+
+impl<S: Storage> Node<S> {
+    /// Tells the master (if any) that `user` is now connected here, or no longer.
+    pub(crate) fn presence(&self, user: &quip_proto::ids::UserName, online: bool) {
+        if let Some(uplink) = &self.uplink {
+            uplink.send(if online {
+                master::ToMaster::Online(user.clone())
+            } else {
+                master::ToMaster::Offline(user.clone())
+            });
+        }
+    }
 }
 
 /// A running node.
@@ -61,9 +80,21 @@ pub struct NodeHandle {
     task: JoinHandle<()>,
     active: Arc<AtomicUsize>,
     registry: Arc<registry::Registry>,
+    endpoint: quinn::Endpoint,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl NodeHandle {
+    /// Stops the node the hard way, as a crash would: every connection is cut at once, no
+    /// client is told to reconnect, the master is not told it is leaving. Storage keeps what
+    /// was acknowledged.
+    pub fn kill(self) {
+        self.endpoint
+            .close(session::close::KILLED.into(), b"node killed");
+        self.task.abort();
+        self.background.iter().for_each(JoinHandle::abort);
+    }
+
     /// Where clients connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -148,17 +179,38 @@ pub async fn start<S: Storage>(
         source,
     })?;
     let registry = Arc::new(registry::Registry::default());
+    let accepted = Arc::new(master::Counter::default());
+    let (uplink, uplink_rx, connected) = master::uplink();
+    let uplink = config.master.as_ref().map(|_| uplink);
     let node = Arc::new(Node {
         auth: auth::Auth::new(&config),
-        enqueuer: queue::Enqueuer::spawn(storage.clone(), registry.clone()),
+        enqueuer: queue::Enqueuer::spawn(
+            storage.clone(),
+            registry.clone(),
+            uplink.clone(),
+            accepted.clone(),
+        ),
         registry: registry.clone(),
         storage,
+        uplink,
+        accepted,
         config,
     });
     let (shutdown, stop) = watch::channel(false);
-    tokio::spawn(janitor(node.clone(), stop.clone()));
+    let mut background = vec![tokio::spawn(janitor(node.clone(), stop.clone()))];
+    if let Some(link) = node.config.master.clone() {
+        let advertised = node.config.advertise.unwrap_or(addr);
+        background.extend(master::spawn(
+            node.clone(),
+            link,
+            advertised,
+            uplink_rx,
+            connected,
+            stop.clone(),
+        ));
+    }
     let active = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(accept_loop(node, endpoint, stop, active.clone()));
+    let task = tokio::spawn(accept_loop(node, endpoint.clone(), stop, active.clone()));
     tracing::info!(%addr, "node listening");
     Ok(NodeHandle {
         addr,
@@ -167,7 +219,15 @@ pub async fn start<S: Storage>(
         task,
         active,
         registry,
+        endpoint,
+        background,
     })
+}
+
+/// Resolves once the node starts shutting down (holds no borrow of the channel across the
+/// await, so the future stays `Send`).
+pub(crate) async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// How often expired sessions and abandoned uploads are purged.
@@ -181,7 +241,7 @@ async fn janitor<S: Storage>(node: Arc<Node<S>>, mut stop: watch::Receiver<bool>
     loop {
         tokio::select! {
             _ = every.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopping(&mut stop) => return,
         }
         let now = handler::now_ms();
         if let Err(err) = node.storage.purge_sessions(now).await {
@@ -217,7 +277,7 @@ async fn accept_loop<S: Storage>(
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
-            _ = stop.wait_for(|s| *s) => None,
+            _ = stopping(&mut stop) => None,
         };
         let Some(incoming) = incoming else { break };
         if active.load(Ordering::Relaxed) >= node.config.max_connections {

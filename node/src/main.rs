@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use quip_node::{NodeConfig, NodeTls};
+use quip_node::{MasterLink, NodeConfig, NodeTls};
 use quip_proto::ids::NodeName;
 
 /// A Quip node: serves clients over QUIC, stores their encrypted messages.
@@ -39,6 +39,13 @@ struct Args {
     /// The cluster CA certificate.
     #[arg(long, env = "QUIP_CA")]
     ca: Option<PathBuf>,
+    /// The master to register with (`HOST:PORT`); needs --cert, --key and --ca from
+    /// `quip-master issue-node`. Without it the node serves alone.
+    #[arg(long, env = "QUIP_MASTER", requires_all = ["cert", "key", "ca"])]
+    master: Option<SocketAddr>,
+    /// The address clients should be sent to, if not the bound one.
+    #[arg(long, env = "QUIP_ADVERTISE")]
+    advertise: Option<SocketAddr>,
     /// Most concurrent client connections.
     #[arg(long, env = "QUIP_MAX_CONNECTIONS", default_value_t = 50_000)]
     max_connections: usize,
@@ -83,7 +90,23 @@ async fn main() -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.max_image_bytes = args.max_image;
     config.bcrypt_cost = args.bcrypt_cost;
+    config.advertise = args.advertise;
     if let (Some(cert), Some(key), Some(ca)) = (args.cert, args.key, args.ca) {
+        if let Some(addr) = args.master {
+            config.master = Some(MasterLink {
+                addr,
+                ca: quip_quic::Trust::from_ca_file(&ca)
+                    .ok()
+                    .and_then(|t| match t {
+                        quip_quic::Trust::Ca(cert) => Some(cert),
+                        quip_quic::Trust::Pinned { .. } => None,
+                    })
+                    .with_context(|| format!("no CA certificate in {}", ca.display()))?,
+                identity: quip_quic::Certified::load(&cert, &key)
+                    .with_context(|| format!("cannot load {}", cert.display()))?,
+                poll_interval: std::time::Duration::from_secs(2),
+            });
+        }
         config.tls = NodeTls::Files { cert, key, ca };
     }
     let url = args

@@ -10,6 +10,10 @@ use quip_proto::ids::UserName;
 use quip_storage::{Enqueued, NewMessage, Storage};
 use tokio::sync::{mpsc, oneshot};
 
+use quip_proto::relay::Relayed;
+use quip_proto::{Sealed, WrappedKey};
+
+use crate::master::{Counter, ToMaster, Uplink};
 use crate::registry::{Outgoing, Registry};
 
 /// Most messages committed in one transaction.
@@ -34,9 +38,22 @@ pub(crate) struct Enqueuer {
 }
 
 impl Enqueuer {
-    pub(crate) fn spawn<S: Storage>(storage: Arc<S>, registry: Arc<Registry>) -> Self {
+    pub(crate) fn spawn<S: Storage>(
+        storage: Arc<S>,
+        registry: Arc<Registry>,
+        uplink: Option<Uplink>,
+        accepted: Arc<Counter>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(BACKLOG);
-        tokio::spawn(run(storage, registry, rx));
+        tokio::spawn(run(
+            storage,
+            Routes {
+                registry,
+                uplink,
+                accepted,
+            },
+            rx,
+        ));
         Self { tx }
     }
 
@@ -46,7 +63,48 @@ impl Enqueuer {
     }
 }
 
-async fn run<S: Storage>(storage: Arc<S>, registry: Arc<Registry>, mut rx: mpsc::Receiver<Job>) {
+/// Where committed messages go: local sessions, and the master for everyone else.
+struct Routes {
+    registry: Arc<Registry>,
+    uplink: Option<Uplink>,
+    accepted: Arc<Counter>,
+}
+
+impl Routes {
+    /// Pushes a freshly stored message to its recipients here and relays it for the others.
+    fn route(&self, job: &Job, message: &NewMessage) {
+        self.accepted.add(1);
+        let mut remote = Vec::new();
+        for ((user, prefix), (_, wrapped)) in job.prefixes.iter().zip(&message.recipients) {
+            let here = self.registry.with_sessions(user, |session| {
+                session.push(Outgoing::Deliver {
+                    id: job.message.id,
+                    prefix: prefix.clone(),
+                    sealed: job.sealed.clone(),
+                })
+            });
+            if !here {
+                remote.push(WrappedKey {
+                    recipient: user.clone(),
+                    wrapped: wrapped.clone(),
+                });
+            }
+        }
+        if let Some(uplink) = self
+            .uplink
+            .as_ref()
+            .filter(|u| u.connected() && !remote.is_empty())
+            && let Ok(sealed) = quip_proto::frame::decode_body::<Sealed>(&job.sealed)
+        {
+            uplink.send(ToMaster::Relay(Relayed {
+                sealed,
+                keys: remote,
+            }));
+        }
+    }
+}
+
+async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let messages: Vec<NewMessage> = jobs
@@ -74,20 +132,12 @@ async fn run<S: Storage>(storage: Arc<S>, registry: Arc<Registry>, mut rx: mpsc:
             }
             Err(err) => vec![Err(err.to_string())],
         };
-        for (job, outcome) in jobs.drain(..).zip(outcomes) {
+        for ((job, outcome), message) in jobs.drain(..).zip(outcomes).zip(&messages) {
             if let Err(why) = &outcome {
                 tracing::error!(error = %why, id = %job.message.id, "enqueue failed");
             }
             if outcome == Ok(Enqueued::Stored) {
-                for (user, prefix) in &job.prefixes {
-                    registry.with_sessions(user, |session| {
-                        session.push(Outgoing::Deliver {
-                            id: job.message.id,
-                            prefix: prefix.clone(),
-                            sealed: job.sealed.clone(),
-                        })
-                    });
-                }
+                routes.route(&job, message);
             }
             let _ = job.done.send(outcome);
         }

@@ -74,11 +74,30 @@ impl Registry {
         }
     }
 
-    /// Calls `f` for every session of `user` here.
-    pub(crate) fn with_sessions(&self, user: &UserName, mut f: impl FnMut(&SessionRef)) {
+    /// Calls `f` for every session of `user` here; returns whether there was any.
+    pub(crate) fn with_sessions(&self, user: &UserName, mut f: impl FnMut(&SessionRef)) -> bool {
         let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = map.get(user) {
-            list.iter().for_each(&mut f);
+        match map.get(user) {
+            Some(list) => {
+                list.iter().for_each(&mut f);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Everyone connected here.
+    pub(crate) fn users(&self) -> Vec<UserName> {
+        let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+
+    /// Makes every session re-read its queue (after the master was unreachable).
+    pub(crate) fn wake_all(&self) {
+        let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for session in map.values().flatten() {
+            session.lagged.store(true, Ordering::Release);
+            session.wake.notify_one();
         }
     }
 

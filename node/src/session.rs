@@ -32,6 +32,8 @@ pub(crate) mod close {
     pub(crate) const VERSION: u32 = 2;
     /// The node is shutting down; reconnect elsewhere.
     pub(crate) const DRAINING: u32 = 3;
+    /// The node was killed (tests and drills).
+    pub(crate) const KILLED: u32 = 4;
 }
 
 /// A request failed: the code and text go back to the client.
@@ -215,7 +217,7 @@ pub(crate) async fn serve<S: Storage>(
                         session.spawn_drain();
                     }
                 }
-                _ = stopping(&mut shutdown) => {
+                _ = crate::stopping(&mut shutdown) => {
                     session.send(&NodeToClient::Reconnect {
                         after_ms: jitter_ms(conn_id),
                         reason: "this node is shutting down".into(),
@@ -228,7 +230,9 @@ pub(crate) async fn serve<S: Storage>(
             }
         }
         if let Some(login) = &session.login {
-            node.registry.remove(&login.user, conn_id);
+            if node.registry.remove(&login.user, conn_id) {
+                node.presence(&login.user, false);
+            }
             tracing::info!(user = %login.user, "logged out");
         }
         drop(session);
@@ -236,11 +240,6 @@ pub(crate) async fn serve<S: Storage>(
     }
     .instrument(span)
     .await
-}
-
-/// Resolves once the node starts shutting down.
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Spreads reconnects of a draining node's clients over half a second.

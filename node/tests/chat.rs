@@ -222,8 +222,7 @@ async fn seal_as(
         .load(&Secrets::derive(&me, PASSWORD).unwrap())
         .unwrap();
     let theirs = e2e::PeerKeys::from_public(&fetch(client, to).await).unwrap();
-    let mut id = [0u8; 16];
-    id[..text.len().min(16)].copy_from_slice(&text[..text.len().min(16)]);
+    let id = common::fresh_id();
     let header = quip_proto::Header {
         id: quip_proto::ids::MsgId(id),
         sender: me.clone(),

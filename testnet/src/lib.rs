@@ -2,4 +2,5 @@
 //! protocol transcripts. Library-first: the binary only parses flags.
 
 pub mod bench;
+pub mod cluster;
 mod fixtures;

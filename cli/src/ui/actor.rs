@@ -7,6 +7,8 @@ use quip_cli::{Client, ClientError, Incoming};
 use quip_proto::client::Presence;
 use quip_proto::ids::{GroupId, GroupName, UserName};
 use quip_proto::{Action, Conversation, ErrorCode};
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::input::Printer;
@@ -120,10 +122,21 @@ pub(crate) async fn run(
         tokio::select! {
             event = client.recv_event() => {
                 if let Some(incoming) = client.handle_event(event).await {
-                    let closed = matches!(incoming, Incoming::Closed(_) | Incoming::Reconnect { .. });
+                    let wait = match incoming {
+                        Incoming::Reconnect { after_ms } => Some(after_ms),
+                        Incoming::Closed(_) => Some(0),
+                        _ => None,
+                    };
                     print(render(&client, &incoming));
-                    if closed {
-                        break;
+                    if let Some(after_ms) = wait {
+                        tokio::time::sleep(Duration::from_millis(after_ms.into())).await;
+                        match reconnect(&target, &mut client).await {
+                            Ok(()) => print("! reconnected".to_owned()),
+                            Err(why) => {
+                                print(format!("! {why}"));
+                                break;
+                            }
+                        }
                     }
                 }
             }
@@ -134,6 +147,32 @@ pub(crate) async fn run(
         }
     }
     client.close().await;
+}
+
+/// How long to keep trying to reach a node after losing one.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// Finds a live node through the master (with backoff) and resumes the session there with
+/// the session token: no password, no bcrypt.
+async fn reconnect(target: &Target, client: &mut Client) -> Result<(), String> {
+    let give_up = tokio::time::Instant::now() + RECONNECT_FOR;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = match target.connect().await {
+            Ok(conn) => client.resume(conn).await.map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(why) if tokio::time::Instant::now() + backoff > give_up => {
+                return Err(format!("could not reconnect: {why}"));
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 async fn handle(client: &mut Client, cmd: Cmd) {

@@ -169,7 +169,9 @@ async fn enter<S: Storage>(
             node: node.config.name.clone(),
         })
         .await;
-    node.registry.insert(&user, session.session_ref());
+    if node.registry.insert(&user, session.session_ref()) {
+        node.presence(&user, true);
+    }
     tracing::info!(%user, "logged in");
     session.login = Some(Login { user, token });
     session.spawn_drain();
@@ -212,7 +214,9 @@ pub(crate) async fn logout<S: Storage>(
         return Err(Refusal::new(ErrorCode::Unauthenticated, "not logged in"));
     };
     let node = session.node.clone();
-    node.registry.remove(&login.user, session.conn_id);
+    if node.registry.remove(&login.user, session.conn_id) {
+        node.presence(&login.user, false);
+    }
     node.storage
         .delete_session(&token_hash(&login.token))
         .await

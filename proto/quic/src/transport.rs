@@ -40,8 +40,9 @@ impl Limits {
             stream_window: 1024 * 1024 + 64 * 1024,
             conn_window: 4 * 1024 * 1024,
             send_window: 8 * 1024 * 1024,
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(10),
+            // A dead node is noticed within seconds, so its clients move on quickly.
+            idle_timeout: Duration::from_secs(8),
+            keep_alive: Duration::from_secs(2),
             socket_buffer: 4 * 1024 * 1024,
         }
     }
