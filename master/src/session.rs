@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use quip_proto::limits::MAX_FRAME;
-use quip_proto::{ErrorCode, Hello, NodeToClient, StreamOpen};
+use quip_proto::{ErrorCode, NodeToClient};
 use quip_quic::{FramedRecv, FramedSend};
 use rustls::pki_types::CertificateDer;
 
@@ -60,54 +60,14 @@ pub(crate) fn peer_chain(conn: &quinn::Connection) -> Option<Vec<CertificateDer<
         .filter(|chain| !chain.is_empty())
 }
 
-/// Accepts the control stream, reads `StreamOpen::Control(hello)` and answers with ours.
-/// On a wrong first stream or version mismatch the connection is closed with the reason.
+/// Accepts the control stream and exchanges hellos (see [`quip_quic::accept_control`]).
 pub(crate) async fn handshake(conn: &quinn::Connection) -> Option<(FramedSend, FramedRecv)> {
-    let accepted = tokio::time::timeout(HELLO_TIMEOUT, async {
-        let (send, recv) = conn.accept_bi().await.ok()?;
-        let mut recv = FramedRecv::new(recv, MAX_FRAME);
-        let open = recv.expect::<StreamOpen>().await.ok()?;
-        Some((FramedSend::new(send), recv, open))
-    })
-    .await
-    .ok()
-    .flatten();
-    let Some((mut send, recv, open)) = accepted else {
-        conn.close(
-            close::PROTOCOL.into(),
-            b"expected a control stream with a hello",
-        );
-        return None;
-    };
-    let StreamOpen::Control(hello) = open else {
-        conn.close(
-            close::PROTOCOL.into(),
-            b"the first stream must be the control stream",
-        );
-        return None;
-    };
-    send.send(&Hello::ours(crate::AGENT)).await.ok()?;
-    if let Err(why) = hello.check_version() {
-        tracing::info!(peer = hello.version, "version mismatch");
-        flush_then_close(conn, send, close::VERSION, &why).await;
-        return None;
-    }
-    Some((send, recv))
+    quip_quic::accept_control(conn, crate::AGENT, MAX_FRAME)
+        .await
+        .map(|(send, recv, _)| (send, recv))
 }
 
-/// Finishes `send`, waits (briefly) until the peer has received everything on it, then closes
-/// the connection with `code` and `reason`.
-pub(crate) async fn flush_then_close(
-    conn: &quinn::Connection,
-    mut send: FramedSend,
-    code: u32,
-    reason: &str,
-) {
-    if send.finish().is_ok() {
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stream().stopped()).await;
-    }
-    conn.close(code.into(), reason.as_bytes());
-}
+pub(crate) use quip_quic::flush_then_close;
 
 /// A client speaking the client ↔ node protocol (`quip/1`) reached the master. It gets its
 /// hello answered (so it can read what follows), then one

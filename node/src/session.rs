@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use quip_proto::ids::{MsgId, SessionToken, UserName};
 use quip_proto::limits::MAX_FRAME;
-use quip_proto::{ClientToNode, ErrorCode, Hello, NodeToClient, ReqId, StreamOpen, frame};
-use quip_quic::{FrameError, FramedRecv, FramedSend};
+use quip_proto::{ClientToNode, ErrorCode, NodeToClient, ReqId, frame};
+use quip_quic::{FrameError, FramedSend};
 use quip_storage::Storage;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
@@ -22,14 +22,9 @@ use crate::registry::{Outgoing, SessionRef};
 /// Frames waiting to be written to one client before its producers wait (answers) or mark
 /// it lagged (pushes).
 const OUTBOX: usize = 4096;
-/// How long a new connection may take to open its control stream and say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// QUIC application close codes.
 pub(crate) mod close {
-    /// Protocol violation (malformed frame, wrong first stream).
-    pub(crate) const PROTOCOL: u32 = 1;
-    /// Version mismatch.
-    pub(crate) const VERSION: u32 = 2;
+    pub(crate) use quip_quic::close::PROTOCOL;
     /// The node is shutting down; reconnect elsewhere.
     pub(crate) const DRAINING: u32 = 3;
     /// The node was killed (tests and drills).
@@ -172,7 +167,7 @@ pub(crate) async fn serve<S: Storage>(
                 return;
             }
         };
-        let Some((send, mut recv)) = handshake(&conn).await else {
+        let Some((send, mut recv, _)) = quip_quic::accept_control(&conn, crate::AGENT, MAX_FRAME).await else {
             return;
         };
         let (outbox, rx) = mpsc::channel(OUTBOX);
@@ -245,41 +240,6 @@ pub(crate) async fn serve<S: Storage>(
 /// Spreads reconnects of a draining node's clients over half a second.
 fn jitter_ms(conn_id: u64) -> u32 {
     (conn_id.wrapping_mul(0x9e37_79b9) % 500) as u32
-}
-
-async fn handshake(conn: &quinn::Connection) -> Option<(FramedSend, FramedRecv)> {
-    let accepted = tokio::time::timeout(HELLO_TIMEOUT, async {
-        let (send, recv) = conn.accept_bi().await.ok()?;
-        let mut recv = FramedRecv::new(recv, MAX_FRAME);
-        let open = recv.expect::<StreamOpen>().await.ok()?;
-        Some((FramedSend::new(send), recv, open))
-    })
-    .await
-    .ok()
-    .flatten();
-    let Some((mut send, recv, open)) = accepted else {
-        conn.close(
-            close::PROTOCOL.into(),
-            b"expected a control stream with a hello",
-        );
-        return None;
-    };
-    let StreamOpen::Control(hello) = open else {
-        conn.close(
-            close::PROTOCOL.into(),
-            b"the first stream must be the control stream",
-        );
-        return None;
-    };
-    send.send(&Hello::ours(crate::AGENT)).await.ok()?;
-    if let Err(why) = hello.check_version() {
-        tracing::info!(peer = hello.version, "version mismatch");
-        // Give the hello a moment to arrive before the close.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        conn.close(close::VERSION.into(), why.as_bytes());
-        return None;
-    }
-    Some((send, recv))
 }
 
 /// Owns the sending half: writes answers and pushes in order, and skips a delivery it has

@@ -161,3 +161,71 @@ pub async fn open_control(
     let theirs: quip_proto::Hello = recv.expect().await?;
     Ok((send, recv, theirs))
 }
+
+/// QUIC application close codes shared by every Quip endpoint for handshake failures.
+pub mod close {
+    /// The peer broke the protocol (wrong first stream, malformed frame).
+    pub const PROTOCOL: u32 = 1;
+    /// The peer speaks another protocol version.
+    pub const VERSION: u32 = 2;
+}
+
+/// How long a new connection may take to open its control stream and say hello.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long to wait for the peer to read a final frame before closing.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Finishes `send`, waits (briefly) until the peer has read it, then closes the connection
+/// with `code` and `reason`: the peer gets the last frame *and* the reason.
+pub async fn flush_then_close(
+    conn: &quinn::Connection,
+    mut send: FramedSend,
+    code: u32,
+    reason: &str,
+) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stream().stopped()).await;
+    }
+    conn.close(code.into(), reason.as_bytes());
+}
+
+/// The server side of the handshake, for every Quip endpoint: accepts the control stream,
+/// reads `StreamOpen::Control(hello)`, answers with our hello and checks the version. On a
+/// wrong first stream, silence, or a version mismatch, the connection is closed with a reason
+/// (the peer still gets our hello, so it can name both versions) and `None` is returned.
+pub async fn accept_control(
+    conn: &quinn::Connection,
+    agent: &str,
+    max_frame: usize,
+) -> Option<(FramedSend, FramedRecv, quip_proto::Hello)> {
+    let accepted = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let (send, recv) = conn.accept_bi().await.ok()?;
+        let mut recv = FramedRecv::new(recv, max_frame);
+        let open = recv.expect::<StreamOpen>().await.ok()?;
+        Some((FramedSend::new(send), recv, open))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((mut send, recv, open)) = accepted else {
+        conn.close(
+            close::PROTOCOL.into(),
+            b"expected a control stream with a hello",
+        );
+        return None;
+    };
+    let StreamOpen::Control(hello) = open else {
+        conn.close(
+            close::PROTOCOL.into(),
+            b"the first stream must be the control stream",
+        );
+        return None;
+    };
+    send.send(&quip_proto::Hello::ours(agent)).await.ok()?;
+    if let Err(why) = hello.check_version() {
+        tracing::info!(peer = hello.version, "version mismatch");
+        flush_then_close(conn, send, close::VERSION, &why).await;
+        return None;
+    }
+    Some((send, recv, hello))
+}

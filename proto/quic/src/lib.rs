@@ -13,7 +13,9 @@ mod transport;
 
 pub use ca::{Certified, ClusterCa};
 pub use error::{FrameError, TlsError};
-pub use framed::{FramedRecv, FramedSend, open_control, open_stream};
+pub use framed::{
+    FramedRecv, FramedSend, accept_control, close, flush_then_close, open_control, open_stream,
+};
 pub use pin::{KnownCas, PinError};
 pub use tls::{Trust, client_config, server_config};
 pub use transport::{Limits, client_endpoint, server_endpoint};
