@@ -56,9 +56,41 @@ pub(crate) struct Node<S: Storage> {
     pub(crate) uplink: Option<master::Uplink>,
     /// Messages accepted since the last load report.
     pub(crate) accepted: Arc<master::Counter>,
+    /// Names known to exist (accounts are never deleted), so routing a message does not cost
+    /// a storage read per message.
+    pub(crate) known_users: std::sync::Mutex<std::collections::HashSet<quip_proto::ids::UserName>>,
 }
 
+/// Most names kept in [`Node::known_users`] before it starts over.
+const KNOWN_USERS: usize = 100_000;
+
 impl<S: Storage> Node<S> {
+    /// `Ok` if `user` has an account; `UnknownUser` otherwise.
+    pub(crate) async fn require_user(
+        &self,
+        user: &quip_proto::ids::UserName,
+    ) -> Result<(), session::Refusal> {
+        let cached = || self.known_users.lock().unwrap_or_else(|e| e.into_inner());
+        if cached().contains(user) {
+            return Ok(());
+        }
+        match self.storage.user(user).await {
+            Ok(Some(_)) => {
+                let mut known = cached();
+                if known.len() >= KNOWN_USERS {
+                    known.clear();
+                }
+                known.insert(user.clone());
+                Ok(())
+            }
+            Ok(None) => Err(session::Refusal::new(
+                quip_proto::ErrorCode::UnknownUser,
+                format!("no user named {user}"),
+            )),
+            Err(err) => Err(session::Refusal::internal(err)),
+        }
+    }
+
     /// Tells the master (if any) that `user` is now connected here, or no longer.
     pub(crate) fn presence(&self, user: &quip_proto::ids::UserName, online: bool) {
         if let Some(uplink) = &self.uplink {
@@ -194,6 +226,7 @@ pub async fn start<S: Storage>(
         storage,
         uplink,
         accepted,
+        known_users: Default::default(),
         config,
     });
     let (shutdown, stop) = watch::channel(false);

@@ -109,18 +109,7 @@ fn announce<S: Storage>(
 
 async fn check_users_exist<S: Storage>(node: &Node<S>, users: &[&UserName]) -> Result<(), Refusal> {
     for user in users {
-        if node
-            .storage
-            .user(user)
-            .await
-            .map_err(Refusal::internal)?
-            .is_none()
-        {
-            return Err(Refusal::new(
-                ErrorCode::UnknownUser,
-                format!("no user named {user}"),
-            ));
-        }
+        node.require_user(user).await?;
     }
     Ok(())
 }

@@ -71,18 +71,7 @@ pub(crate) async fn check_route<S: Storage>(
             if header.recipients.len() != 2 || !header.recipients.contains(peer) {
                 return Err(invalid("a direct message goes to exactly you and the peer"));
             }
-            if node
-                .storage
-                .user(peer)
-                .await
-                .map_err(Refusal::internal)?
-                .is_none()
-            {
-                return Err(Refusal::new(
-                    ErrorCode::UnknownUser,
-                    format!("no user named {peer}"),
-                ));
-            }
+            node.require_user(peer).await?;
             Ok(())
         }
         Conversation::Group { id, epoch } => {
