@@ -185,6 +185,7 @@ pub struct Client {
     progress: Option<Box<dyn FnMut(u64, u64) + Send + Sync>>,
     /// Groups whose signed chain this client verified, by id.
     pub(crate) groups: HashMap<GroupId, VerifiedGroup>,
+    notices: Vec<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -257,10 +258,29 @@ impl Client {
         // any directory or machine work); the key file in `dir` is written where missing.
         let identity = e2e::decrypt_backup(&backup, &secrets, &me)?;
         let store = KeyStore::new(dir);
-        if !store.exists() {
+        let notice = match store.exists().then(|| store.load(&secrets)) {
+            None => None,
+            Some(Ok(local)) if local.public_keys() == identity.public_keys() => None,
+            Some(Ok(_)) => Some(format!(
+                "the key file {} held older keys; replaced with the keys from your backup",
+                store.path().display()
+            )),
+            Some(Err(err)) => Some(format!(
+                "the key file {} could not be used ({err}); restored it from your backup",
+                store.path().display()
+            )),
+        };
+        if !store.exists() || notice.is_some() {
             store.save(&identity, &secrets)?;
         }
-        Self::open(conn, me, identity, token, dir)
+        let mut client = Self::open(conn, me, identity, token, dir)?;
+        client.notices.extend(notice);
+        Ok(client)
+    }
+
+    /// Things the user should know about this login (e.g. a damaged key file was restored).
+    pub fn notices(&self) -> &[String] {
+        &self.notices
     }
 
     fn open(
@@ -288,6 +308,7 @@ impl Client {
             dir: dir.to_owned(),
             progress: None,
             groups: HashMap::new(),
+            notices: Vec::new(),
         })
     }
 

@@ -230,7 +230,9 @@ async fn group(client: &mut Client, action: GroupAction) -> anyhow::Result<()> {
 async fn login(target: &Target, user: &UserName) -> anyhow::Result<Client> {
     let pw = password("Password: ")?;
     let conn = target.connect().await?;
-    Ok(Client::login(conn, &target.user_dir(user), user, &pw).await?)
+    let client = Client::login(conn, &target.user_dir(user), user, &pw).await?;
+    client.notices().iter().for_each(|n| eprintln!("quip: {n}"));
+    Ok(client)
 }
 
 /// Whether the error is "no node is alive".

@@ -389,6 +389,28 @@ async fn fresh_directory_restores_keys_from_backup(backend: Backend) {
         e2e::KeyStore::new(user_home(elsewhere.path(), &b)).exists(),
         "keys saved locally"
     );
+    bob.close().await;
+
+    // A damaged key file is named, and restored from the backup.
+    let store = e2e::KeyStore::new(user_home(elsewhere.path(), &b));
+    std::fs::write(
+        store.path(),
+        b"-----BEGIN ENCRYPTED PRIVATE KEY-----\ngarbage\n",
+    )
+    .unwrap();
+    let bob = node
+        .login(&b, elsewhere.path())
+        .await
+        .expect("login despite the damage");
+    let notice = bob.notices().join("\n");
+    assert!(
+        notice.contains("could not be used") && notice.contains("restored"),
+        "{notice}"
+    );
+    assert!(
+        store.load(&Secrets::derive(&b, PASSWORD).unwrap()).is_ok(),
+        "key file repaired"
+    );
 }
 
 async fn malformed_frame_does_not_hurt_others(backend: Backend) {

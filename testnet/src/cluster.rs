@@ -160,6 +160,13 @@ impl Cluster {
         self.nodes.get(index).and_then(Option::as_ref)
     }
 
+    /// Stops node `index` gracefully: its clients are told to reconnect elsewhere.
+    pub async fn stop_node(&mut self, index: usize) {
+        if let Some(node) = self.nodes.get_mut(index).and_then(Option::take) {
+            node.shutdown().await;
+        }
+    }
+
     /// Kills node `index` without a graceful shutdown.
     pub fn kill_node(&mut self, index: usize) {
         if let Some(node) = self.nodes.get_mut(index).and_then(Option::take) {

@@ -149,6 +149,31 @@ async fn a_killed_node_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_sends_its_clients_elsewhere() {
+    let mut cluster = Cluster::start(ClusterConfig::for_tests(2)).await.unwrap();
+    assert!(cluster.wait_for_nodes(2, WAIT).await);
+    let home = tempfile::tempdir().unwrap();
+    let (a, b) = (name("alice"), name("bob"));
+    let mut alice = signup_on(&cluster, 0, &a, home.path()).await;
+    let mut bob = signup_on(&cluster, 1, &b, home.path()).await;
+    let stopping = cluster.stop_node(1);
+    let told = async {
+        loop {
+            match bob.next_within(WAIT).await {
+                Some(Incoming::Reconnect { .. }) => return true,
+                Some(Incoming::Closed(_)) | None => return false,
+                Some(_) => continue,
+            }
+        }
+    };
+    let (_, told) = tokio::join!(stopping, told);
+    assert!(told, "the draining node told bob to move");
+    recover(&cluster, &mut bob).await;
+    alice.send_text(&b, "found you").await.unwrap();
+    assert_eq!(next_text(&mut bob).await, "found you");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_master_down_and_back() {
     let mut cluster = Cluster::start(ClusterConfig::for_tests(2)).await.unwrap();
     assert!(cluster.wait_for_nodes(2, WAIT).await);

@@ -110,6 +110,10 @@ pub(crate) async fn run(
         match result {
             Ok(mut client) => {
                 client.on_progress(Box::new(crate::progress::bar("receiving")));
+                client
+                    .notices()
+                    .iter()
+                    .for_each(|n| print(format!("! {n}")));
                 let _ = reply.send(Ok(()));
                 break client;
             }
