@@ -1,18 +1,24 @@
 //! Frame I/O on quinn streams: `u32` length + postcard, the length checked before the body
 //! buffer is sized.
 
+use std::fmt::Debug;
+use std::sync::Arc;
+
 use quip_proto::frame::{self, PREFIX_LEN};
 use quip_proto::{DecodeError, StreamOpen};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::FrameError;
+use crate::tap::{self, Direction, Link};
 
 /// The sending half of a stream, writing whole frames.
 #[derive(Debug)]
 pub struct FramedSend {
     inner: quinn::SendStream,
     buf: Vec<u8>,
+    /// Set when this end reports what it writes (see [`crate::tap`]).
+    tap: Option<Arc<Link>>,
 }
 
 impl FramedSend {
@@ -21,13 +27,18 @@ impl FramedSend {
         Self {
             inner,
             buf: Vec::new(),
+            tap: None,
         }
     }
 
     /// Encodes and writes one frame.
-    pub async fn send<T: Serialize + ?Sized>(&mut self, msg: &T) -> Result<(), FrameError> {
+    pub async fn send<T: Serialize + Debug + ?Sized>(&mut self, msg: &T) -> Result<(), FrameError> {
         self.buf.clear();
         frame::encode_into(msg, &mut self.buf)?;
+        // Reported before the write: the peer cannot answer before it is recorded.
+        if let Some(link) = &self.tap {
+            tap::report(link, self.inner.id(), Direction::Sent, &msg);
+        }
         self.inner.write_all(&self.buf).await?;
         Ok(())
     }
@@ -35,6 +46,10 @@ impl FramedSend {
     /// Writes bytes that already hold whole frames (e.g. one encoding shared by many
     /// recipients).
     pub async fn send_encoded(&mut self, frames: &[u8]) -> Result<(), FrameError> {
+        if let Some(link) = &self.tap {
+            let what = format_args!("<{} bytes of pre-encoded frames>", frames.len());
+            tap::report(link, self.inner.id(), Direction::Sent, &what);
+        }
         self.inner.write_all(frames).await?;
         Ok(())
     }
@@ -62,6 +77,8 @@ pub struct FramedRecv {
     /// The current frame's body length, once its prefix is complete.
     want: Option<usize>,
     body: Vec<u8>,
+    /// Set when this end reports what it reads (see [`crate::tap`]).
+    tap: Option<Arc<Link>>,
 }
 
 /// A body buffer larger than this is released after its frame, so an idle connection does not
@@ -78,12 +95,13 @@ impl FramedRecv {
             have: 0,
             want: None,
             body: Vec::new(),
+            tap: None,
         }
     }
 
     /// The next message; `Ok(None)` when the peer finished the stream between frames.
     /// A stream that ends inside a frame is [`DecodeError::Truncated`].
-    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub async fn recv<T: DeserializeOwned + Debug>(&mut self) -> Result<Option<T>, FrameError> {
         while self.have < PREFIX_LEN {
             match self.inner.read(&mut self.prefix[self.have..]).await? {
                 Some(n) => self.have += n,
@@ -119,11 +137,15 @@ impl FramedRecv {
         if self.body.capacity() > KEEP_BUFFER {
             self.body = Vec::new();
         }
-        Ok(Some(msg?))
+        let msg: T = msg?;
+        if let Some(link) = &self.tap {
+            tap::report(link, self.inner.id(), Direction::Received, &msg);
+        }
+        Ok(Some(msg))
     }
 
     /// Like [`recv`](Self::recv) but a clean end is an error: for replies that must come.
-    pub async fn expect<T: DeserializeOwned>(&mut self) -> Result<T, FrameError> {
+    pub async fn expect<T: DeserializeOwned + Debug>(&mut self) -> Result<T, FrameError> {
         self.recv()
             .await?
             .ok_or(FrameError::Decode(DecodeError::Truncated {
@@ -143,10 +165,24 @@ pub async fn open_stream(
     open: &StreamOpen,
     max_frame: usize,
 ) -> Result<(FramedSend, FramedRecv), FrameError> {
+    // The accepting end does not know the connection: this end reports both ways.
+    open_bi(conn, open, max_frame, true).await
+}
+
+async fn open_bi(
+    conn: &quinn::Connection,
+    open: &StreamOpen,
+    max_frame: usize,
+    report_sent: bool,
+) -> Result<(FramedSend, FramedRecv), FrameError> {
+    let link = tap::link(conn);
     let (send, recv) = conn.open_bi().await?;
     let mut send = FramedSend::new(send);
+    send.tap = link.clone().filter(|_| report_sent);
     send.send(open).await?;
-    Ok((send, FramedRecv::new(recv, max_frame)))
+    let mut recv = FramedRecv::new(recv, max_frame);
+    recv.tap = link;
+    Ok((send, recv))
 }
 
 /// Opens the control stream: `StreamOpen::Control(Hello)`, then waits for the peer's hello
@@ -157,7 +193,8 @@ pub async fn open_control(
     max_frame: usize,
 ) -> Result<(FramedSend, FramedRecv, quip_proto::Hello), FrameError> {
     let ours = quip_proto::Hello::ours(agent);
-    let (send, mut recv) = open_stream(conn, &StreamOpen::Control(ours), max_frame).await?;
+    // The accepting end reads this stream through `accept_control` and reports what it reads.
+    let (send, mut recv) = open_bi(conn, &StreamOpen::Control(ours), max_frame, false).await?;
     let theirs: quip_proto::Hello = recv.expect().await?;
     Ok((send, recv, theirs))
 }
@@ -201,6 +238,7 @@ pub async fn accept_control(
     let accepted = tokio::time::timeout(HELLO_TIMEOUT, async {
         let (send, recv) = conn.accept_bi().await.ok()?;
         let mut recv = FramedRecv::new(recv, max_frame);
+        recv.tap = tap::link(conn);
         let open = recv.expect::<StreamOpen>().await.ok()?;
         Some((FramedSend::new(send), recv, open))
     })

@@ -8,6 +8,7 @@ mod ca;
 mod error;
 mod framed;
 mod pin;
+pub mod tap;
 mod tls;
 mod transport;
 
