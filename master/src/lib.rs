@@ -31,6 +31,23 @@
 //! same opening with that node's keys and pipes the chunks one at a time (never the whole
 //! image), then finishes. It writes nothing back to the origin on that stream; when it will
 //! not relay the image it stops reading with a [`stream_code`].
+//!
+//! A group announcement (`NodeToMaster::Announce { users, change }`) goes out the same way:
+//! one `MasterToNode::Announce` per destination node listing only that node's users, never
+//! back to the origin; users connected nowhere else are dropped (their clients re-verify the
+//! chain when they next use the group). More than `MAX_GROUP_MEMBERS` users, or a change
+//! over its limits, is answered with `Error { TooLarge }`.
+//!
+//! ## Presence
+//!
+//! Each node learns who is connected to the *other* nodes. Right after `Registered` it gets
+//! `Presence { snapshot: true, online }` (every user on another node, once each; split over
+//! several frames if need be, only the first a snapshot). Then, whenever users arrive on or
+//! leave another node (`Online`, `Offline`, a registration, a node closing, dying or being
+//! replaced), each node whose view changes gets `Presence { snapshot: false, online,
+//! offline }`: `offline` lists users now connected to no node but the receiver. Changes are
+//! queued in the order the directory changed; a node whose queue is full skips them and gets
+//! a fresh snapshot once it has room.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +67,7 @@ mod discovery;
 mod error;
 mod image;
 mod listener;
+mod presence;
 mod query;
 mod ratelimit;
 mod registry;

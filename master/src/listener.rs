@@ -131,7 +131,8 @@ async fn connection(
 }
 
 /// Drops nodes that stopped heartbeating and closes their connections: they reconnect and
-/// register again if they are still alive.
+/// register again if they are still alive. Also resends presence snapshots that did not fit
+/// a node's queue.
 async fn reap_loop(master: Arc<Master>, mut stop: watch::Receiver<bool>) {
     let period =
         (master.config.dead_after / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -149,5 +150,7 @@ async fn reap_loop(master: Arc<Master>, mut stop: watch::Receiver<bool>) {
                 b"missed heartbeats; dropped from discovery, register again",
             );
         }
+        // Nodes that missed presence changes to a full queue get a snapshot once it drains.
+        master.registry.resync_presence();
     }
 }

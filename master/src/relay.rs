@@ -1,16 +1,19 @@
 //! One task per node connection: the certificate check, `Register`, then heartbeats,
-//! presence and text relays on the control stream, with a writer task owning the stream's
-//! sending half so relays from other nodes never wait for this node's reader.
+//! presence, text relays and group announcements on the control stream, with a writer task
+//! owning the stream's sending half so relays from other nodes never wait for this node's
+//! reader.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quip_proto::ids::NodeName;
-use quip_proto::limits::{MAX_RECIPIENTS, MAX_SEALED, MAX_SIGNATURE, MAX_WRAPPED_KEY};
+use quip_proto::ids::{NodeName, UserName};
+use quip_proto::limits::{
+    MAX_GROUP_MEMBERS, MAX_RECIPIENTS, MAX_SEALED, MAX_SIGNATURE, MAX_WRAPPED_KEY,
+};
 use quip_proto::relay::Relayed;
-use quip_proto::{ErrorCode, MasterToNode, NodeToMaster, frame};
+use quip_proto::{Action, ErrorCode, MasterToNode, NodeToMaster, SignedChange, frame};
 use quip_quic::{FrameError, FramedRecv, FramedSend};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc::error::TrySendError;
@@ -18,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::Master;
+use crate::presence::{Full, Outbox};
 use crate::registry::{Registration, Stale};
 use crate::session::{self, FLUSH_TIMEOUT, close};
 
@@ -31,6 +35,22 @@ pub(crate) struct NodeLink {
     pub(crate) conn: quinn::Connection,
     /// Encoded `MasterToNode` frames for its control stream.
     pub(crate) outbox: mpsc::Sender<Bytes>,
+}
+
+impl Outbox for NodeLink {
+    fn push(&self, frames: &[Bytes]) -> Result<(), Full> {
+        match self.outbox.try_reserve_many(frames.len()) {
+            Ok(permits) => {
+                for (permit, frame) in permits.zip(frames) {
+                    permit.send(frame.clone());
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(())) => Err(Full),
+            // The session is ending; its node registers again with a fresh snapshot.
+            Err(TrySendError::Closed(())) => Ok(()),
+        }
+    }
 }
 
 /// Why a node session ends: the QUIC close code and reason.
@@ -207,6 +227,7 @@ impl NodeSession {
             NodeToMaster::Online(users) => registry.online(name, id, users),
             NodeToMaster::Offline(users) => registry.offline(name, id, &users),
             NodeToMaster::Relay(relayed) => self.relay(relayed).await,
+            NodeToMaster::Announce { users, change } => self.announce(users, change).await,
             NodeToMaster::Draining => {
                 tracing::info!("node draining; no more clients for it");
                 registry.draining(name, id)
@@ -287,6 +308,71 @@ impl NodeSession {
         }
         Ok(())
     }
+
+    /// Forwards a membership change: one frame per destination node listing only its users.
+    /// Users connected nowhere else are dropped (their clients re-verify the chain when they
+    /// next use the group).
+    async fn announce(&self, mut users: Vec<UserName>, change: SignedChange) -> Result<(), Stale> {
+        if let Err(why) = check_announce(&users, &change) {
+            reply(&self.link, ErrorCode::TooLarge, why).await;
+            return Ok(());
+        }
+        users.sort_unstable();
+        users.dedup();
+        let (group, epoch) = (change.change.group, change.change.epoch);
+        let (destinations, unrouted) =
+            self.master
+                .registry
+                .route(&self.name, self.conn_id, &users)?;
+        if unrouted > 0 {
+            tracing::debug!(%group, epoch, unrouted, "announcement for users connected nowhere else; dropped");
+        }
+        for (node, link, users) in destinations {
+            let out = MasterToNode::Announce {
+                users,
+                change: change.clone(),
+            };
+            let frame = match frame::encode(&out) {
+                Ok(frame) => Bytes::from(frame),
+                Err(err) => {
+                    tracing::warn!(%group, to = %node, error = %err, "announcement does not fit a frame");
+                    continue;
+                }
+            };
+            match link.outbox.try_send(frame) {
+                Ok(()) => tracing::trace!(%group, epoch, to = %node, "announced"),
+                Err(TrySendError::Full(_)) => tracing::warn!(
+                    %group, epoch, to = %node,
+                    "relay queue of the node is full; announcement dropped (clients re-verify the chain)"
+                ),
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Size checks on an announcement: at most a full group of users, and a change whose
+/// signature and member list are within their limits (the master cannot verify the
+/// signature: clients do).
+pub(crate) fn check_announce(users: &[UserName], change: &SignedChange) -> Result<(), String> {
+    if users.len() > MAX_GROUP_MEMBERS {
+        return Err(format!(
+            "announcement for {} users; at most {MAX_GROUP_MEMBERS}",
+            users.len()
+        ));
+    }
+    if change.signature.len() > MAX_SIGNATURE {
+        return Err("change signature over its limit".into());
+    }
+    if let Action::Create { members, .. } = &change.change.action
+        && members.len() > MAX_GROUP_MEMBERS
+    {
+        return Err(format!(
+            "group created with more than {MAX_GROUP_MEMBERS} members"
+        ));
+    }
+    Ok(())
 }
 
 /// Structural checks on a relay the master can make without keys: every key is for a listed
@@ -357,6 +443,7 @@ fn kind(msg: &NodeToMaster) -> &'static str {
         NodeToMaster::Offline(_) => "Offline",
         NodeToMaster::Relay(_) => "Relay",
         NodeToMaster::Draining => "Draining",
+        NodeToMaster::Announce { .. } => "Announce",
     }
 }
 

@@ -59,12 +59,47 @@ pub(crate) struct Node<S: Storage> {
     /// Names known to exist (accounts are never deleted), so routing a message does not cost
     /// a storage read per message.
     pub(crate) known_users: std::sync::Mutex<std::collections::HashSet<quip_proto::ids::UserName>>,
+    /// Users connected to other nodes, as the master reports them.
+    pub(crate) elsewhere: std::sync::Mutex<std::collections::HashSet<quip_proto::ids::UserName>>,
 }
 
 /// Most names kept in [`Node::known_users`] before it starts over.
 const KNOWN_USERS: usize = 100_000;
 
 impl<S: Storage> Node<S> {
+    /// Pushes a membership change to the listed users connected here; returns the others.
+    pub(crate) fn push_group_change(
+        &self,
+        users: impl IntoIterator<Item = quip_proto::ids::UserName>,
+        change: &quip_proto::SignedChange,
+    ) -> Vec<quip_proto::ids::UserName> {
+        let frame = quip_proto::frame::encode(&quip_proto::NodeToClient::GroupChanged {
+            change: change.clone(),
+        })
+        .map(bytes::Bytes::from);
+        let Ok(frame) = frame else {
+            return Vec::new();
+        };
+        users
+            .into_iter()
+            .filter(|user| {
+                !self
+                    .registry
+                    .with_sessions(user, |s| s.push(registry::Outgoing::Frame(frame.clone())))
+            })
+            .collect()
+    }
+
+    /// Whether `user` is connected here or (as the master last said) to another node.
+    pub(crate) fn is_online(&self, user: &quip_proto::ids::UserName) -> bool {
+        self.registry.is_online(user)
+            || self
+                .elsewhere
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(user)
+    }
+
     /// `Ok` if `user` has an account; `UnknownUser` otherwise.
     pub(crate) async fn require_user(
         &self,
@@ -227,6 +262,7 @@ pub async fn start<S: Storage>(
         uplink,
         accepted,
         known_users: Default::default(),
+        elsewhere: Default::default(),
         config,
     });
     let (shutdown, stop) = watch::channel(false);

@@ -45,6 +45,8 @@ pub(crate) enum ToMaster {
     Online(UserName),
     Offline(UserName),
     Relay(Relayed),
+    /// A membership change for users not connected here.
+    Announce(Vec<UserName>, quip_proto::SignedChange),
 }
 
 /// The node's handle on its link: cheap to clone, never blocks.
@@ -195,7 +197,7 @@ async fn serve<S: Storage>(
         MasterToNode::Error { message, .. } => {
             return Err(format!("registration refused: {message}"));
         }
-        MasterToNode::Relay(_) => return Err("relay before registration".into()),
+        other => return Err(format!("expected Registered, got {}", kind(&other))),
     };
     connected.store(true, Ordering::Relaxed);
     tracing::info!(master = %link.addr, "registered with the master");
@@ -211,6 +213,7 @@ async fn serve<S: Storage>(
                     ToMaster::Online(user) => NodeToMaster::Online(vec![user]),
                     ToMaster::Offline(user) => NodeToMaster::Offline(vec![user]),
                     ToMaster::Relay(relayed) => NodeToMaster::Relay(relayed),
+                    ToMaster::Announce(users, change) => NodeToMaster::Announce { users, change },
                 };
                 send_to(&mut send, &frame).await?;
             }
@@ -218,6 +221,17 @@ async fn serve<S: Storage>(
                 Ok(Some(MasterToNode::Relay(relayed))) => deliver(node, relayed),
                 Ok(Some(MasterToNode::Error { code, message })) => {
                     tracing::warn!(?code, %message, "master refused a frame");
+                }
+                Ok(Some(MasterToNode::Announce { users, change })) => {
+                    node.push_group_change(users, &change);
+                }
+                Ok(Some(MasterToNode::Presence { snapshot, online, offline })) => {
+                    let mut elsewhere = node.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
+                    if snapshot {
+                        elsewhere.clear();
+                    }
+                    offline.iter().for_each(|u| { elsewhere.remove(u); });
+                    elsewhere.extend(online);
                 }
                 Ok(Some(MasterToNode::Registered { .. })) => {}
                 Ok(None) => return Err("the master closed the link".into()),
@@ -242,6 +256,16 @@ fn load<S: Storage>(node: &Node<S>) -> Load {
         pending: 0,
         msgs_per_sec: node.accepted.take(),
         max_clients: node.config.max_connections as u32,
+    }
+}
+
+fn kind(msg: &MasterToNode) -> &'static str {
+    match msg {
+        MasterToNode::Registered { .. } => "Registered",
+        MasterToNode::Relay(_) => "Relay",
+        MasterToNode::Error { .. } => "Error",
+        MasterToNode::Announce { .. } => "Announce",
+        MasterToNode::Presence { .. } => "Presence",
     }
 }
 

@@ -188,7 +188,8 @@ pub enum NodeToClient {
         token: SessionToken,
         /// Token expiry, milliseconds since the Unix epoch.
         expires_at_ms: u64,
-        /// The encrypted private-key backup stored at signup.
+        /// The encrypted private-key backup stored at signup (after `Login` only; empty after
+        /// `Signup` and `Resume`, whose clients already hold their keys).
         #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
         backup: Vec<u8>,
         /// Which node this is.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Sealed, WrappedKey};
 use crate::error_code::ErrorCode;
+use crate::group::SignedChange;
 use crate::ids::{NodeName, UserName};
 
 /// A node's load as reported on each heartbeat.
@@ -64,6 +65,14 @@ pub enum NodeToMaster {
     Relay(Relayed),
     /// The node is draining: stop sending it clients.
     Draining,
+    /// Push this membership change to these users, wherever they are connected.
+    Announce {
+        /// Who should hear of it.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::user_names(3)"))]
+        users: Vec<UserName>,
+        /// The signed change.
+        change: SignedChange,
+    },
 }
 
 /// Master → node.
@@ -84,6 +93,26 @@ pub enum MasterToNode {
         /// Explanation.
         #[cfg_attr(test, proptest(strategy = "crate::testing::text(24)"))]
         message: String,
+    },
+    /// A membership change for these users, who are connected to this node.
+    Announce {
+        /// Who should hear of it.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::user_names(3)"))]
+        users: Vec<UserName>,
+        /// The signed change.
+        change: SignedChange,
+    },
+    /// Who is connected to *other* nodes. With `snapshot`, `online` replaces everything the
+    /// node knew (sent after each registration); otherwise it is a change.
+    Presence {
+        /// Replace rather than update.
+        snapshot: bool,
+        /// Users now connected elsewhere.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::user_names(3)"))]
+        online: Vec<UserName>,
+        /// Users no longer connected anywhere else.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::user_names(3)"))]
+        offline: Vec<UserName>,
     },
 }
 

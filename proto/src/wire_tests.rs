@@ -288,6 +288,10 @@ fn node_to_master() -> Vec<NodeToMaster> {
         Offline(vec![bob()]),
         Relay(relayed()),
         Draining,
+        Announce {
+            users: vec![bob()],
+            change: change(Action::Add(bob()), 1),
+        },
     ]
 }
 
@@ -298,6 +302,15 @@ fn master_to_node() -> Vec<MasterToNode> {
         MasterToNode::Error {
             code: ErrorCode::NotRegistered,
             message: "register first".into(),
+        },
+        MasterToNode::Announce {
+            users: vec![bob()],
+            change: change(Action::Remove(bob()), 2),
+        },
+        MasterToNode::Presence {
+            snapshot: true,
+            online: vec![alice()],
+            offline: vec![bob()],
         },
     ]
 }

@@ -75,10 +75,24 @@ async fn discovery_spreads_and_messages_cross_nodes() {
     alice.send_text(&b, "across nodes").await.unwrap();
     assert_eq!(next_text(&mut bob).await, "across nodes");
 
+    // Presence is cluster-wide: alice on node 0 sees bob and carol online elsewhere.
+    let users = alice.users().await.unwrap();
+    for other in [&b, &c] {
+        assert!(
+            users.iter().any(|p| &p.user == other && p.online),
+            "{other} online: {users:?}"
+        );
+    }
+
     let group = alice
         .create_group(&GroupName::new("Spread").unwrap(), &[b.clone(), c.clone()])
         .await
         .unwrap();
+    // Members on other nodes hear of the group (through the master).
+    match carol.next_within(WAIT).await {
+        Some(Incoming::GroupChanged(what)) => assert!(what.contains("created"), "{what}"),
+        other => panic!("carol expected the group's creation, got {other:?}"),
+    }
     alice
         .send_text_to(&Chat::Group(group), "to everyone")
         .await

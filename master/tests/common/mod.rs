@@ -2,6 +2,7 @@
 //! protocol with certificates the master issued, and discovery clients, all over real QUIC.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,13 +113,24 @@ impl TestMaster {
     }
 }
 
+/// A presence frame: (snapshot, online sorted, offline sorted).
+pub type Presence = (bool, Vec<String>, Vec<String>);
+
 /// A node as far as the master can tell: a QUIC connection with a cluster certificate.
+///
+/// The master sends presence changes whenever users come and go on other nodes. They are set
+/// aside so [`FakeNode::recv`] and [`FakeNode::expect_nothing`] see everything else; tests of
+/// presence read them with [`FakeNode::presence`].
 pub struct FakeNode {
     pub name: String,
     pub conn: quinn::Connection,
     send: Arc<Mutex<FramedSend>>,
     recv: FramedRecv,
     heartbeats: Option<JoinHandle<()>>,
+    /// Presence frames set aside while waiting for something else.
+    presence: VecDeque<Presence>,
+    /// Other frames set aside while waiting for presence.
+    others: VecDeque<MasterToNode>,
 }
 
 impl FakeNode {
@@ -138,6 +150,8 @@ impl FakeNode {
             send: Arc::new(Mutex::new(send)),
             recv,
             heartbeats: None,
+            presence: VecDeque::new(),
+            others: VecDeque::new(),
         }
     }
 
@@ -158,13 +172,68 @@ impl FakeNode {
         self.send.lock().await.send(&msg).await.expect("frame sent");
     }
 
-    /// The next frame from the master; `None` if the stream or connection ended.
+    /// The next frame from the master other than presence; `None` if the stream or
+    /// connection ended.
     pub async fn recv(&mut self) -> Option<MasterToNode> {
-        tokio::time::timeout(PATIENCE, self.recv.recv())
+        if let Some(msg) = self.others.pop_front() {
+            return Some(msg);
+        }
+        loop {
+            let msg = self
+                .recv_raw(PATIENCE)
+                .await
+                .expect("the master answers in time")?;
+            match as_presence(msg) {
+                Ok(presence) => self.presence.push_back(presence),
+                Err(msg) => return Some(*msg),
+            }
+        }
+    }
+
+    /// The next presence frame, other frames set aside for [`Self::recv`].
+    pub async fn presence(&mut self) -> Presence {
+        if let Some(presence) = self.presence.pop_front() {
+            return presence;
+        }
+        loop {
+            let msg = self
+                .recv_raw(PATIENCE)
+                .await
+                .unwrap_or_else(|| panic!("{} got no presence in time", self.name))
+                .unwrap_or_else(|| panic!("{}: the master closed the stream", self.name));
+            match as_presence(msg) {
+                Ok(presence) => return presence,
+                Err(msg) => self.others.push_back(*msg),
+            }
+        }
+    }
+
+    /// Fails if a presence frame arrives within [`QUIET`] (other frames are set aside).
+    pub async fn expect_no_presence(&mut self) {
+        assert!(
+            self.presence.is_empty(),
+            "{} got unexpected presence: {:?}",
+            self.name,
+            self.presence
+        );
+        let deadline = tokio::time::Instant::now() + QUIET;
+        while let Some(Some(msg)) = self
+            .recv_raw(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await
-            .expect("the master answers in time")
-            .ok()
-            .flatten()
+        {
+            match as_presence(msg) {
+                Ok(presence) => panic!("{} got unexpected presence: {presence:?}", self.name),
+                Err(msg) => self.others.push_back(*msg),
+            }
+        }
+    }
+
+    /// The next frame within `wait`: `None` if none came, `Some(None)` if the stream ended.
+    async fn recv_raw(&mut self, wait: Duration) -> Option<Option<MasterToNode>> {
+        let frame = tokio::time::timeout(wait, self.recv.recv::<MasterToNode>())
+            .await
+            .ok()?;
+        Some(frame.ok().flatten())
     }
 
     /// A round trip: sends a relay the master refuses and waits for the refusal. The master
@@ -182,14 +251,23 @@ impl FakeNode {
         }
     }
 
-    /// Fails if the master sends anything within [`QUIET`].
+    /// Fails if the master sends anything but presence within [`QUIET`].
     pub async fn expect_nothing(&mut self) {
-        if let Ok(frame) = tokio::time::timeout(QUIET, self.recv.recv::<MasterToNode>()).await {
-            assert!(
-                !matches!(frame, Ok(Some(_))),
-                "{} got an unexpected frame: {frame:?}",
-                self.name
-            );
+        assert!(
+            self.others.is_empty(),
+            "{} got an unexpected frame: {:?}",
+            self.name,
+            self.others
+        );
+        let deadline = tokio::time::Instant::now() + QUIET;
+        while let Some(Some(msg)) = self
+            .recv_raw(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            match as_presence(msg) {
+                Ok(presence) => self.presence.push_back(presence),
+                Err(msg) => panic!("{} got an unexpected frame: {msg:?}", self.name),
+            }
         }
     }
 
@@ -229,6 +307,41 @@ impl Drop for FakeNode {
     fn drop(&mut self) {
         self.stop_heartbeats();
     }
+}
+
+/// A presence frame as (snapshot, online sorted, offline sorted), or the frame back.
+fn as_presence(msg: MasterToNode) -> Result<Presence, Box<MasterToNode>> {
+    match msg {
+        MasterToNode::Presence {
+            snapshot,
+            online,
+            offline,
+        } => Ok((snapshot, sorted(&online), sorted(&offline))),
+        other => Err(Box::new(other)),
+    }
+}
+
+/// User names as sorted strings.
+pub fn sorted(users: &[UserName]) -> Vec<String> {
+    let mut names: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+    names.sort();
+    names
+}
+
+/// A presence snapshot listing `online`.
+pub fn snapshot(online: &[&str]) -> Presence {
+    (true, strings(online), vec![])
+}
+
+/// A presence change.
+pub fn change(online: &[&str], offline: &[&str]) -> Presence {
+    (false, strings(online), strings(offline))
+}
+
+fn strings(names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    names.sort();
+    names
 }
 
 /// The application close code and reason of a connection the master closes.

@@ -77,7 +77,7 @@ pub(crate) async fn signup<S: Storage>(
             password_hash,
             encryption_key: keys.encryption,
             signing_key: keys.signing,
-            key_backup: backup.clone(),
+            key_backup: backup,
             created_at: now_ms(),
         })
         .await;
@@ -87,7 +87,7 @@ pub(crate) async fn signup<S: Storage>(
         Err(err) => return Err(Refusal::internal(err)),
     }
     tracing::info!(%user, "signed up");
-    start_session(session, req, user, backup).await
+    start_session(session, req, user, Vec::new()).await
 }
 
 fn taken(user: &UserName) -> Refusal {
@@ -195,14 +195,16 @@ pub(crate) async fn resume<S: Storage>(
             "session expired or unknown; log in again",
         ));
     };
-    let backup = node
-        .storage
-        .user(&found.user)
-        .await
-        .map_err(Refusal::internal)?
-        .map(|r| r.key_backup)
-        .unwrap_or_default();
-    enter(session, req, found.user, token, found.expires_at, backup).await;
+    // A resuming client still holds its keys: no backup, and no account read.
+    enter(
+        session,
+        req,
+        found.user,
+        token,
+        found.expires_at,
+        Vec::new(),
+    )
+    .await;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ pub(crate) async fn list_users<S: Storage>(
         .into_iter()
         .take(MAX_LISTED)
         .map(|user| Presence {
-            online: node.registry.is_online(&user),
+            online: node.is_online(&user),
             user,
         })
         .collect();

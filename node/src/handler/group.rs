@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 
 use super::now_ms;
 use crate::Node;
-use crate::registry::Outgoing;
 use crate::session::{Refusal, Session};
 
 fn refusal(err: ChangeError) -> Refusal {
@@ -89,21 +88,17 @@ pub(crate) async fn membership<S: Storage>(
     })
 }
 
-/// Pushes a change to every listed user online here.
+/// Pushes a change to every listed user online here, and through the master to the others.
 fn announce<S: Storage>(
     node: &Node<S>,
     users: impl IntoIterator<Item = UserName>,
     change: &SignedChange,
 ) {
-    let Ok(frame) = quip_proto::frame::encode(&NodeToClient::GroupChanged {
-        change: change.clone(),
-    }) else {
-        return;
-    };
-    let frame = bytes::Bytes::from(frame);
-    for user in users {
-        node.registry
-            .with_sessions(&user, |s| s.push(Outgoing::Frame(frame.clone())));
+    let remote = node.push_group_change(users, change);
+    if !remote.is_empty()
+        && let Some(uplink) = &node.uplink
+    {
+        uplink.send(crate::master::ToMaster::Announce(remote, change.clone()));
     }
 }
 
