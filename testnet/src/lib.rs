@@ -3,4 +3,11 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod drill;
 mod fixtures;
+pub mod ledger;
+pub mod network;
+pub mod procs;
+pub mod sim;
+pub mod transcript;
+pub mod up;

@@ -1,0 +1,130 @@
+//! `bench drain`: 100,000 messages (10,000 with `--quick`) wait in one offline user's queue;
+//! the user connects and receives them all, acknowledging in batches of 64 as the client
+//! does. The queue is filled straight through `Storage::enqueue`, 1,000 messages per
+//! transaction, with envelopes of real size (RSA-3072 wrapped key and signature, 120-byte
+//! text) encoded exactly as the node stores them. Measured from the start of the connection
+//! (handshake and `Resume` included) to the last delivery. Baseline: a bare quinn server
+//! pushing as many frames of the same size down one stream.
+
+use std::time::{Duration, Instant};
+
+use quip_proto::{ContentKind, Conversation};
+use quip_storage::{NewMessage, Storage};
+
+use super::Options;
+use super::report::{Report, Row};
+use super::support::storage_note;
+use crate::fixtures::{BenchNode, envelope, msg_id, receive, users};
+
+/// Messages per enqueue transaction.
+const BATCH: usize = 1000;
+
+pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
+    let mut report = Report::new("drain");
+    let total = if opts.quick { 10_000 } else { 100_000 };
+    let node = BenchNode::start(opts.database_url.as_deref()).await?;
+    let people = users(&node.storage, "drain", 2).await?;
+    let (from, to) = (&people[0], &people[1]);
+    let template = envelope(
+        &from.name,
+        Conversation::Direct(to.name.clone()),
+        ContentKind::Text,
+        std::slice::from_ref(&to.name),
+        120,
+    );
+    let key = template
+        .keys
+        .iter()
+        .find(|k| k.recipient == to.name)
+        .map(|k| k.wrapped.clone())
+        .unwrap_or_default();
+
+    let filling = Instant::now();
+    let mut sealed_len = 0;
+    for start in (0..total).step_by(BATCH) {
+        let batch: Vec<NewMessage> = (start..(start + BATCH).min(total))
+            .map(|_| {
+                let mut sealed = template.sealed.clone();
+                sealed.header.id = msg_id();
+                let body = quip_proto::frame::encode(&sealed).expect("encodes")[4..].to_vec();
+                sealed_len = body.len();
+                NewMessage {
+                    id: sealed.header.id,
+                    sealed: body,
+                    blob: None,
+                    recipients: vec![(to.name.clone(), key.clone())],
+                    created_at: 0,
+                }
+            })
+            .collect();
+        node.storage.enqueue(&batch).await?;
+    }
+    let filled = filling.elapsed();
+
+    let started = Instant::now();
+    let mut conn = node.connect(to).await?;
+    let connected = started.elapsed();
+    let mut first = None;
+    let mut last = started;
+    let deadline = started + Duration::from_secs(if opts.quick { 60 } else { 300 });
+    let got = receive(&mut conn, total, deadline, |_, at| {
+        first.get_or_insert(at);
+        last = at;
+    })
+    .await;
+    let elapsed = last - started;
+    // Acks are fire-and-forget: give the node a moment to apply the last ones, then look.
+    let mut left = usize::MAX;
+    let settle = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < settle {
+        left = node.storage.pending(&to.name, 0, 512).await?.len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    conn.close().await;
+
+    let frame = 4 + 3 + key.len() + sealed_len;
+    let (bare_rate, _) = super::baseline::fanout(1, total, frame).await?;
+    let rate = got as f64 / elapsed.as_secs_f64().max(1e-9);
+    let case = format!("{total} queued");
+    report
+        .rows
+        .push(Row::new(&case, "delivered", got as f64, "msgs"));
+    report
+        .rows
+        .push(Row::new(&case, "messages/s", rate, "1/s").vs(bare_rate));
+    report.rows.push(
+        Row::new(&case, "total time", elapsed.as_secs_f64() * 1e3, "ms")
+            .vs(total as f64 / bare_rate.max(1e-9) * 1e3),
+    );
+    report.rows.push(Row::new(
+        &case,
+        "connect + resume",
+        connected.as_secs_f64() * 1e3,
+        "ms",
+    ));
+    report.rows.push(Row::new(
+        &case,
+        "first message",
+        first.map_or(0.0, |f| (f - started).as_secs_f64() * 1e3),
+        "ms",
+    ));
+    report
+        .rows
+        .push(Row::new(&case, "left after acks", left as f64, "msgs"));
+    report.rows.push(Row::new(
+        "enqueue (storage only)",
+        "messages/s",
+        total as f64 / filled.as_secs_f64().max(1e-9),
+        "1/s",
+    ));
+    report.notes.push(format!(
+        "delivery frames of {frame} B; acks in batches of 64"
+    ));
+    report
+        .notes
+        .push(storage_note(opts.database_url.as_deref()));
+    Ok(report)
+}

@@ -1,0 +1,195 @@
+//! Helpers the scenarios share beyond `crate::fixtures`: users with a chosen password hash,
+//! resuming a session on any node, and a bounded "as many as possible" loop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quip_cli::Connection;
+use quip_proto::ids::{SessionToken, UserName};
+use quip_proto::{ClientToNode, NodeToClient};
+use quip_quic::Trust;
+use quip_storage::{NewUser, Storage, Store};
+use sha2::{Digest, Sha256};
+
+use crate::fixtures::BenchUser;
+
+/// Random bytes from the OS.
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("OS randomness");
+    bytes
+}
+
+/// A short random tag, so names from two runs on one database never collide.
+pub(crate) fn run_tag() -> String {
+    random::<3>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates `count` users `<prefix><tag>x<i>` whose password hash is `hash`, each with a live
+/// session, straight in storage (one transaction each).
+pub(crate) async fn users_with_hash(
+    storage: &Store,
+    prefix: &str,
+    count: usize,
+    hash: &str,
+) -> anyhow::Result<Vec<BenchUser>> {
+    let tag = run_tag();
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let name = UserName::new(&format!("{prefix}{tag}x{i}"))?;
+        storage
+            .create_user(&NewUser {
+                name: name.clone(),
+                password_hash: hash.to_owned(),
+                encryption_key: vec![1; 420],
+                signing_key: vec![2; 420],
+                key_backup: vec![3; 64],
+                created_at: 0,
+            })
+            .await?;
+        let token = SessionToken(random());
+        let digest: [u8; 32] = Sha256::digest(token.0).into();
+        storage.create_session(&digest, &name, i64::MAX / 2).await?;
+        out.push(BenchUser { name, token });
+    }
+    Ok(out)
+}
+
+/// Connects to the node at `addr` and resumes `user`'s session (no bcrypt).
+pub(crate) async fn resume_on(
+    addr: SocketAddr,
+    trust: &Trust,
+    user: &BenchUser,
+) -> anyhow::Result<Connection> {
+    let conn = Connection::connect(addr, quip_quic::names::NODE, trust).await?;
+    let token = user.token.clone();
+    match conn
+        .request(|req| ClientToNode::Resume { req, token })
+        .await?
+    {
+        NodeToClient::LoggedIn { .. } => Ok(conn),
+        other => anyhow::bail!("resume answered {other:?}"),
+    }
+}
+
+/// What [`churn`] measured.
+pub(crate) struct Churn {
+    /// Operations that succeeded.
+    pub(crate) done: usize,
+    /// Operations that failed.
+    pub(crate) failed: usize,
+    /// From the start to the end of the last operation.
+    pub(crate) elapsed: Duration,
+    /// Duration of each successful operation.
+    pub(crate) latencies: Vec<Duration>,
+    /// The first error seen, for the notes.
+    pub(crate) first_error: Option<String>,
+}
+
+impl Churn {
+    /// Successful operations per second.
+    pub(crate) fn rate(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs `op(client)` back to back on `clients` concurrent clients until `secs` have passed
+/// or `max` operations have started, whichever comes first (an operation started before the
+/// deadline finishes).
+pub(crate) async fn churn<F, Fut>(clients: usize, secs: f64, max: usize, op: F) -> Churn
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let budget = Arc::new(std::sync::atomic::AtomicUsize::new(max));
+    let mut tasks = Vec::with_capacity(clients);
+    for client in 0..clients {
+        let (op, budget) = (op.clone(), budget.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = (Vec::new(), 0usize, None::<String>, started);
+            while Instant::now() < deadline
+                && budget
+                    .fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok()
+            {
+                let t = Instant::now();
+                match op(client).await {
+                    Ok(()) => out.0.push(t.elapsed()),
+                    Err(err) => {
+                        out.1 += 1;
+                        out.2.get_or_insert_with(|| format!("{err:#}"));
+                    }
+                }
+                out.3 = Instant::now();
+            }
+            out
+        }));
+    }
+    let mut churn = Churn {
+        done: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+        first_error: None,
+    };
+    for task in tasks {
+        let Ok((latencies, failed, error, last)) = task.await else {
+            churn.failed += 1;
+            continue;
+        };
+        churn.done += latencies.len();
+        churn.latencies.extend(latencies);
+        churn.failed += failed;
+        if churn.first_error.is_none() {
+            churn.first_error = error;
+        }
+        churn.elapsed = churn.elapsed.max(last - started);
+    }
+    churn
+}
+
+/// The storage this run uses, for the notes.
+pub(crate) fn storage_name(database_url: Option<&str>) -> &'static str {
+    database_url.map_or("sqlite (temp file)", |_| "postgres")
+}
+
+/// How long a 4 KiB write + fsync takes in a temp directory (where the SQLite benchmarks
+/// keep their database), median and p99 of 20: with `synchronous = FULL` every commit waits
+/// for one, so it bounds how many commits per second SQLite can make.
+pub(crate) fn fsync_probe() -> anyhow::Result<super::report::Latency> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let mut file = std::fs::File::create(dir.path().join("probe"))?;
+    let block = [0x5au8; 4096];
+    let mut samples = Vec::with_capacity(20);
+    for _ in 0..20 {
+        file.write_all(&block)?;
+        let started = Instant::now();
+        file.sync_all()?;
+        samples.push(started.elapsed());
+    }
+    Ok(super::report::Latency::of(&mut samples))
+}
+
+/// A note on the storage a run used, with the temp directory's fsync latency for SQLite.
+pub(crate) fn storage_note(database_url: Option<&str>) -> String {
+    match (database_url, fsync_probe()) {
+        (Some(_), _) => "storage: postgres".into(),
+        (None, Ok(fsync)) => format!(
+            "storage: sqlite in {} (synchronous=FULL; fsync there: p50 {:.1} ms, p99 {:.1} ms)",
+            std::env::temp_dir().display(),
+            fsync.p50_ms,
+            fsync.p99_ms
+        ),
+        (None, Err(_)) => "storage: sqlite (temp file)".into(),
+    }
+}
