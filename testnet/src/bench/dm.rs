@@ -136,7 +136,14 @@ impl Pairs {
                         Some(seen) if !*seen => {
                             *seen = true;
                             latencies.push(at.saturating_duration_since(schedule.due(g)));
-                            if std::env::var("QDUMP").is_ok() { eprintln!("DUMP {step} {g} {:.3} {:.3}", (schedule.due(g) - schedule.start).as_secs_f64(), at.saturating_duration_since(schedule.due(g)).as_secs_f64()*1e3); }
+                            if std::env::var("QDUMP").is_ok() {
+                                eprintln!(
+                                    "DUMP {step} {g} {:.3} {:.3}",
+                                    (schedule.due(g) - schedule.start).as_secs_f64(),
+                                    at.saturating_duration_since(schedule.due(g)).as_secs_f64()
+                                        * 1e3
+                                );
+                            }
                         }
                         _ => duplicates += 1,
                     }
