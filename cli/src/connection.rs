@@ -294,6 +294,12 @@ impl Connection {
 
     /// Closes the connection and waits until the node has been told.
     pub async fn close(self) {
+        // Finish the control stream and let the node read it to the end first: a close
+        // frame would otherwise discard what is still in flight (the last acknowledgements).
+        let mut send = self.send.into_inner();
+        if send.finish().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stream().stopped()).await;
+        }
         self.conn.close(0u32.into(), b"bye");
         self.endpoint.wait_idle().await;
     }
