@@ -623,8 +623,11 @@ impl Client {
         if let Conversation::Group { id: group, epoch } = &delivery.sealed.header.conversation {
             let (group, epoch) = (*group, *epoch);
             if let Err(err) = self.check_group_sender(&group, epoch, &from).await {
-                let _ = self.seen.insert(id);
-                let _ = self.ack(id).await;
+                // A broken connection proves nothing: leave the message queued for later.
+                if !matches!(err, ClientError::Connect(_)) {
+                    let _ = self.seen.insert(id);
+                    let _ = self.ack(id).await;
+                }
                 return Some(Incoming::Rejected {
                     from,
                     reason: err.to_string(),

@@ -3,9 +3,12 @@
 //! logins and logouts, hand over messages for users connected elsewhere, and push the messages
 //! the master relays here. The link reconnects with backoff whenever it drops.
 //!
-//! While the link is down, cross-node messages still arrive: they are in storage, and every
-//! session here re-reads its queue each poll interval. Each (re)registration triggers one more
-//! re-read, covering messages relayed while the master did not know where their recipient was.
+//! While the link is down, relays wait in the link's queue and go out after the next
+//! registration (the master may not have seen the recipient's node yet, but storage has the
+//! message either way); meanwhile every session here re-reads its queue each poll interval.
+//! Each (re)registration triggers one more re-read. And as a safety net for a relay lost in
+//! between (a master that died holding it), every session re-reads its queue every
+//! [`SAFETY_REREAD`] even while the link is up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,36 +56,52 @@ pub(crate) enum ToMaster {
 #[derive(Debug, Clone)]
 pub(crate) struct Uplink {
     tx: mpsc::Sender<ToMaster>,
-    connected: Arc<AtomicBool>,
 }
+
+/// How often every session re-reads its queue even while the master link is up.
+pub(crate) const SAFETY_REREAD: Duration = Duration::from_secs(15);
 
 /// Events queued for the master before the node drops them (storage holds every message;
 /// presence is resent in full at the next registration).
 const UPLINK_QUEUE: usize = 16_384;
 
 impl Uplink {
+    /// Queues a frame for the master; while the link is down frames wait (up to
+    /// [`UPLINK_QUEUE`]) and go out after the next registration.
     pub(crate) fn send(&self, msg: ToMaster) {
         if self.tx.try_send(msg).is_err() {
-            tracing::debug!("master link busy or down; storage covers it");
+            tracing::debug!("master link queue full; storage covers it");
         }
-    }
-
-    pub(crate) fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
     }
 }
 
 /// Counts messages accepted, for the load report.
-#[derive(Debug, Default)]
-pub(crate) struct Counter(AtomicU32);
+#[derive(Debug)]
+pub(crate) struct Counter {
+    count: AtomicU32,
+    since: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self {
+            count: AtomicU32::new(0),
+            since: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+}
 
 impl Counter {
     pub(crate) fn add(&self, n: u32) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn take(&self) -> u32 {
-        self.0.swap(0, Ordering::Relaxed)
+    /// Messages per second since the last call, whatever the heartbeat interval.
+    fn per_second(&self) -> u32 {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        let secs = since.elapsed().as_secs_f64().max(0.001);
+        *since = std::time::Instant::now();
+        (f64::from(self.count.swap(0, Ordering::Relaxed)) / secs).round() as u32
     }
 }
 
@@ -108,14 +127,7 @@ pub(crate) fn spawn<S: Storage>(
 pub(crate) fn uplink() -> (Uplink, mpsc::Receiver<ToMaster>, Arc<AtomicBool>) {
     let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
     let connected = Arc::new(AtomicBool::new(false));
-    (
-        Uplink {
-            tx,
-            connected: connected.clone(),
-        },
-        rx,
-        connected,
-    )
+    (Uplink { tx }, rx, connected)
 }
 
 async fn run<S: Storage>(
@@ -254,7 +266,7 @@ fn load<S: Storage>(node: &Node<S>) -> Load {
     Load {
         clients: node.registry.online_users() as u32,
         pending: 0,
-        msgs_per_sec: node.accepted.take(),
+        msgs_per_sec: node.accepted.per_second(),
         max_clients: node.config.max_connections as u32,
     }
 }
@@ -300,13 +312,15 @@ async fn poll_while_down<S: Storage>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(every);
+    let mut last_reread = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = crate::stopping(&mut stop) => return,
         }
-        if !connected.load(Ordering::Relaxed) {
+        if !connected.load(Ordering::Relaxed) || last_reread.elapsed() >= SAFETY_REREAD {
             node.registry.wake_all();
+            last_reread = tokio::time::Instant::now();
         }
     }
 }

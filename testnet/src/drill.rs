@@ -14,18 +14,17 @@
 //! shown twice, and how long the users of each killed node took to be back on a live one.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quip_proto::ids::{MsgId, UserName};
-use quip_storage::{Storage, Store};
+use quip_proto::ids::UserName;
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::ledger::{Ledger, Rng, Tally};
 use crate::network::{Testnet, TestnetConfig};
-use crate::procs::{Binaries, Child, TestnetError};
+use crate::procs::{Binaries, TestnetError, restart_local_postgres};
 use crate::sim::{Crowd, CrowdConfig, Traffic};
 
 /// How long a killed node stays down before it is restarted.
@@ -184,7 +183,7 @@ pub async fn run(
     let drain_start = Instant::now();
     let mut drained = false;
     while drain_start.elapsed() < DRAIN_MAX {
-        if ledger.outstanding() == 0 {
+        if ledger.settled() {
             drained = true;
             break;
         }
@@ -196,7 +195,7 @@ pub async fn run(
         if drained { "complete" } else { "timed out" }
     ));
     crowd.stop().await;
-    let lost_still_queued = still_queued(net.database_url(), ledger.unshown()).await;
+    let lost_still_queued = net.still_queued(ledger.unshown()).await;
     unexpected.extend(net.reap_exited().into_iter().map(|e| e.to_string()));
     net.shutdown(GRACE).await;
 
@@ -345,7 +344,8 @@ async fn inject(
         }
         if postgres.is_some_and(|at| now >= at) {
             postgres = None;
-            let what = restart_postgres(&net.dir().join("logs").join("postgres-restart.log")).await;
+            let what =
+                restart_local_postgres(&net.dir().join("logs").join("postgres-restart.log")).await;
             outcome.note(log, what, 0);
         }
         if now >= next_kill && restart.is_none() {
@@ -369,59 +369,6 @@ async fn inject(
     outcome
 }
 
-/// How many of `pairs` are still waiting in their recipient's queue.
-async fn still_queued(url: &str, pairs: Vec<(UserName, MsgId)>) -> u64 {
-    if pairs.is_empty() {
-        return 0;
-    }
-    let Ok(store) = Store::connect(url).await else {
-        return 0;
-    };
-    let mut found = 0;
-    for (user, id) in pairs {
-        let mut after = 0;
-        // Bounded: the drill's queues hold at most a few thousand messages.
-        for _ in 0..100 {
-            let Ok(page) = store.pending(&user, after, 500).await else {
-                break;
-            };
-            if page.iter().any(|m| m.id == id) {
-                found += 1;
-                break;
-            }
-            match page.last() {
-                Some(last) => after = last.seq,
-                None => break,
-            }
-        }
-    }
-    store.close().await;
-    found
-}
-
-/// Restarts the local Postgres cluster the way DEVELOPERS.md does; says what happened.
-async fn restart_postgres(log: &Path) -> String {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .ok()
-        .and_then(|mut dir| dir.next())
-        .and_then(|entry| entry.ok())
-        .map(|entry| entry.file_name().to_string_lossy().into_owned());
-    let Some(version) = version else {
-        return "postgres restart skipped: no /etc/postgresql".into();
-    };
-    let args = ["--skip-systemctl-redirect", &version, "main", "restart"].map(String::from);
-    let mut child = match Child::spawn("pg_ctlcluster", Path::new("pg_ctlcluster"), &args, log) {
-        Ok(child) => child,
-        Err(err) => return format!("postgres restart failed: {err}"),
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    match child.reap_by(deadline).await {
-        Some(status) if status.success() => format!("restart postgres {version}"),
-        Some(status) => format!("postgres restart failed ({status}); see {}", log.display()),
-        None => "postgres restart timed out".into(),
-    }
-}
-
 impl DrillReport {
     /// The report as a readable table.
     pub fn table(&self) -> String {
@@ -432,7 +379,7 @@ impl DrillReport {
             "drill: {} s, {} nodes, {}, {} users, seed {}",
             self.secs, self.nodes, self.backend, self.users, self.seed
         );
-        let rows: [(&str, String); 14] = [
+        let rows: [(&str, String); 15] = [
             ("sent", t.sent.to_string()),
             ("acknowledged (Stored)", t.acknowledged.to_string()),
             ("send failures", t.send_failures.to_string()),
@@ -460,6 +407,13 @@ impl DrillReport {
                 "redelivered, dropped by id",
                 t.redelivered_dropped.to_string(),
             ),
+            (
+                "send to shown, p50 / p99 / max",
+                match t.latency_ms {
+                    [Some(p50), Some(p99), Some(max)] => format!("{p50} ms / {p99} ms / {max} ms"),
+                    _ => "-".into(),
+                },
+            ),
             ("rejected by clients", t.rejected.to_string()),
             ("reconnects", t.reconnects.to_string()),
             ("node kills", self.node_kills.to_string()),
@@ -467,7 +421,7 @@ impl DrillReport {
                 "recovery after node death, median / max",
                 match (self.recovery_median_ms, self.recovery_max_ms) {
                     (Some(median), Some(max)) => format!("{median} ms / {max} ms"),
-                    _ => "no users were on killed nodes".into(),
+                    _ => "- (no kill with the master up had users on it)".into(),
                 },
             ),
             (

@@ -7,7 +7,7 @@
 //! Messages are identified by a tag at the start of their text (`SENDER/SEQ`), so a message
 //! whose send failed before the node answered can still be recognised if it arrives anyway.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ const SAMPLES: usize = 5;
 
 #[derive(Debug)]
 struct Attempt {
+    at: Instant,
     expect: Vec<UserName>,
     acked: bool,
     id: Option<MsgId>,
@@ -28,8 +29,10 @@ struct Attempt {
 #[derive(Debug, Default)]
 struct Inner {
     attempts: HashMap<String, Attempt>,
-    /// Times each recipient was shown each tag.
-    shown: HashMap<(String, UserName), u32>,
+    /// Tags sent and not answered yet.
+    in_flight: HashSet<String>,
+    /// Times each recipient was shown each tag, and when first.
+    shown: HashMap<(String, UserName), (u32, Instant)>,
     /// Deliveries that reached a client, before its duplicate drop.
     raw: HashMap<(MsgId, UserName), u32>,
     send_failures: u64,
@@ -88,6 +91,8 @@ pub struct Tally {
     pub rejected_samples: Vec<String>,
     /// Examples of lost messages: `TAG -> RECIPIENT (message id)`.
     pub lost_samples: Vec<String>,
+    /// From send to first shown, ms, over every delivered pair: p50, p99, max.
+    pub latency_ms: [Option<u64>; 3],
     /// For each user of a killed node: the time until it was back on a live node.
     pub recoveries: Vec<Recovery>,
 }
@@ -119,9 +124,12 @@ impl Ledger {
 
     /// A text message with `tag` is about to be sent to `expect` (the sender not included).
     pub fn attempt(&self, tag: &str, expect: Vec<UserName>) {
-        self.inner().attempts.insert(
+        let mut inner = self.inner();
+        inner.in_flight.insert(tag.to_owned());
+        inner.attempts.insert(
             tag.to_owned(),
             Attempt {
+                at: Instant::now(),
                 expect,
                 acked: false,
                 id: None,
@@ -136,15 +144,20 @@ impl Ledger {
 
     /// The node answered `Stored` for `tag`, message `id`.
     pub fn acknowledged(&self, tag: &str, id: MsgId) {
-        if let Some(attempt) = self.inner().attempts.get_mut(tag) {
+        let mut inner = self.inner();
+        inner.in_flight.remove(tag);
+        if let Some(attempt) = inner.attempts.get_mut(tag) {
             attempt.acked = true;
             attempt.id = Some(id);
         }
     }
 
-    /// Sending `tag` failed.
-    pub fn send_failed(&self, why: String) {
+    /// Sending failed (the message `tag`, for text).
+    pub fn send_failed(&self, tag: Option<&str>, why: String) {
         let mut inner = self.inner();
+        if let Some(tag) = tag {
+            inner.in_flight.remove(tag);
+        }
         inner.send_failures += 1;
         push_sample(&mut inner.failure_samples, why);
     }
@@ -159,10 +172,11 @@ impl Ledger {
         let tag = text.split(' ').next().unwrap_or_default();
         let mut inner = self.inner();
         if inner.attempts.contains_key(tag) {
-            *inner
+            inner
                 .shown
                 .entry((tag.to_owned(), user.clone()))
-                .or_default() += 1;
+                .or_insert((0, Instant::now()))
+                .0 += 1;
         } else {
             inner.untagged_shown += 1;
         }
@@ -233,6 +247,11 @@ impl Ledger {
             .count() as u64
     }
 
+    /// True when no send awaits its answer and everything acknowledged has been shown.
+    pub fn settled(&self) -> bool {
+        self.inner().in_flight.is_empty() && self.outstanding() == 0
+    }
+
     /// Acknowledged (recipient, message id) pairs not shown yet.
     pub fn unshown(&self) -> Vec<(UserName, MsgId)> {
         let inner = self.inner();
@@ -265,6 +284,7 @@ impl Ledger {
             rejected_samples: inner.rejected_samples.clone(),
             ..Tally::default()
         };
+        let mut latencies = Vec::new();
         for (tag, attempt) in &inner.attempts {
             if attempt.acked {
                 tally.acknowledged += 1;
@@ -272,8 +292,10 @@ impl Ledger {
             }
             for user in &attempt.expect {
                 match inner.shown.get(&(tag.clone(), user.clone())) {
-                    Some(&times) => {
+                    Some(&(times, first)) => {
                         tally.delivered += 1;
+                        latencies
+                            .push(first.saturating_duration_since(attempt.at).as_millis() as u64);
                         if times > 1 {
                             tally.shown_twice += 1;
                         }
@@ -290,6 +312,13 @@ impl Ledger {
                 }
             }
         }
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+        };
+        tally.latency_ms = [at(0.5), at(0.99), latencies.last().copied()];
         tally.redelivered_dropped = inner.raw.values().map(|n| u64::from(n - 1)).sum();
         tally.recoveries = inner.recoveries.clone();
         tally
@@ -344,7 +373,8 @@ mod tests {
         ledger.attempt("alice/2", vec![b.clone(), c.clone()]);
         ledger.acknowledged("alice/2", MsgId([2; 16]));
         ledger.attempt("alice/3", vec![b.clone()]);
-        ledger.send_failed("lost".into());
+        ledger.send_failed(Some("alice/3"), "lost".into());
+        assert!(!ledger.settled());
         ledger.shown(&b, "alice/1 hi");
         ledger.shown(&b, "alice/2 hi all");
         ledger.shown(&b, "alice/2 hi all");

@@ -20,7 +20,8 @@ enum Command {
     Up(UpArgs),
     /// Fault drill against real processes under steady load: kill -9 a random node every
     /// 5-15 s, the master once for 30 s, Postgres once (with --database-url); then counts
-    /// sent, acknowledged, delivered, lost and shown twice.
+    /// sent, acknowledged, delivered, lost and shown twice. Exits with 1 if anything
+    /// acknowledged was lost or shown twice.
     Drill(DrillArgs),
     /// Runs a benchmark scenario against an in-process node, with its bare-QUIC baseline.
     Bench {
@@ -133,7 +134,11 @@ async fn main() -> anyhow::Result<()> {
                 dir: args.dir,
                 restart_postgres: !args.no_pg_restart,
             };
-            let report = quip_testnet::drill::run(config, |line| eprintln!("{line}")).await?;
+            // Ctrl-C drops the drill: its child processes are killed on drop.
+            let report = tokio::select! {
+                report = quip_testnet::drill::run(config, |line| eprintln!("{line}")) => report?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

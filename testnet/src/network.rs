@@ -16,9 +16,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use quip_proto::ids::NodeName;
+use quip_proto::ids::{MsgId, NodeName, UserName};
 use quip_proto::relay::NodeStatus;
 use quip_quic::Trust;
+use quip_storage::{Storage, Store};
 
 use crate::procs::{Binaries, Child, TestnetError, io};
 
@@ -376,5 +377,35 @@ impl Testnet {
             child.reap_by(deadline).await;
         }
         self.stop_master(grace).await;
+    }
+
+    /// How many of `pairs` (recipient, message) are still waiting in the recipient's queue.
+    pub async fn still_queued(&self, pairs: Vec<(UserName, MsgId)>) -> u64 {
+        if pairs.is_empty() {
+            return 0;
+        }
+        let Ok(store) = Store::connect(&self.url).await else {
+            return 0;
+        };
+        let mut found = 0;
+        for (user, id) in pairs {
+            let mut after = 0;
+            // Bounded: the drill's queues hold at most a few thousand messages.
+            for _ in 0..100 {
+                let Ok(page) = store.pending(&user, after, 500).await else {
+                    break;
+                };
+                if page.iter().any(|m| m.id == id) {
+                    found += 1;
+                    break;
+                }
+                match page.last() {
+                    Some(last) => after = last.seq,
+                    None => break,
+                }
+            }
+        }
+        store.close().await;
+        found
     }
 }

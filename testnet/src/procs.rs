@@ -236,3 +236,27 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Restarts the local Postgres cluster the way DEVELOPERS.md does (`pg_ctlcluster
+/// --skip-systemctl-redirect VERSION main restart`, output in `log`); says what happened.
+pub async fn restart_local_postgres(log: &Path) -> String {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .ok()
+        .and_then(|mut dir| dir.next())
+        .and_then(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned());
+    let Some(version) = version else {
+        return "postgres restart skipped: no /etc/postgresql".into();
+    };
+    let args = ["--skip-systemctl-redirect", &version, "main", "restart"].map(String::from);
+    let mut child = match Child::spawn("pg_ctlcluster", Path::new("pg_ctlcluster"), &args, log) {
+        Ok(child) => child,
+        Err(err) => return format!("postgres restart failed: {err}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    match child.reap_by(deadline).await {
+        Some(status) if status.success() => format!("restart postgres {version}"),
+        Some(status) => format!("postgres restart failed ({status}); see {}", log.display()),
+        None => "postgres restart timed out".into(),
+    }
+}

@@ -379,11 +379,12 @@ impl User {
                     err,
                     ClientError::Connect(ConnectError::Lost(_) | ConnectError::Unreachable { .. })
                 );
-                ledger.send_failed(err.to_string());
+                ledger.send_failed((!image).then_some(tag.as_str()), err.to_string());
                 broken.then_some(Duration::ZERO)
             }
             Err(_) => {
-                ledger.send_failed(format!("no answer within {SEND_WAIT:?}"));
+                let why = format!("no answer within {SEND_WAIT:?}");
+                ledger.send_failed((!image).then_some(tag.as_str()), why);
                 Some(Duration::ZERO)
             }
         }

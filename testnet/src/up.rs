@@ -386,7 +386,7 @@ impl View {
             let t = self.ledger.tally();
             let _ = writeln!(
                 out,
-                "\nSimulated users: {}. Sent {}, stored {}, shown {} (waiting {}), images {}/{}, reconnects {}",
+                "\nSimulated users: {}. Sent {}, stored {}, deliveries shown {} (waiting {}), images {}/{}, reconnects {}",
                 self.users,
                 t.sent,
                 t.acknowledged,

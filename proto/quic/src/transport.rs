@@ -40,9 +40,10 @@ impl Limits {
             stream_window: 1024 * 1024 + 64 * 1024,
             conn_window: 4 * 1024 * 1024,
             send_window: 8 * 1024 * 1024,
-            // A dead node is noticed within seconds, so its clients move on quickly.
-            idle_timeout: Duration::from_secs(8),
-            keep_alive: Duration::from_secs(2),
+            // A dead node is noticed within seconds (quinn ignores ICMP; silence is the only
+            // sign of a killed peer), so its clients move on quickly.
+            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_millis(1500),
             socket_buffer: 4 * 1024 * 1024,
         }
     }
@@ -53,8 +54,9 @@ impl Limits {
             max_bi_streams: 64,
             conn_window: 16 * 1024 * 1024,
             send_window: 32 * 1024 * 1024,
-            idle_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(2),
+            // A killed master is noticed within 4 s and the node starts polling storage.
+            idle_timeout: Duration::from_secs(4),
+            keep_alive: Duration::from_secs(1),
             ..Self::client()
         }
     }

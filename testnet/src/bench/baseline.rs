@@ -218,6 +218,9 @@ pub(crate) struct Step {
     pub(crate) stored: Option<super::report::Latency>,
     /// How late the load generator started each send (its own lag), where measured.
     pub(crate) lag: Option<super::report::Latency>,
+    /// CPU the whole process (server, clients and load generator) used per message sent,
+    /// microseconds.
+    pub(crate) cpu_us: f64,
 }
 
 impl Step {
@@ -253,6 +256,7 @@ impl Step {
         if let Some(lag) = self.lag {
             line += &format!("; sender lag p99 {:.1} ms", lag.p99_ms);
         }
+        line += &format!("; {:.0} us CPU/msg", self.cpu_us);
         line
     }
 }
@@ -420,6 +424,7 @@ pub(crate) async fn step(
     }
     let schedule = Schedule::new(rate, pairs, secs);
     let deadline = schedule.deadline(grace);
+    let cpu_before = super::support::own_cpu();
     let mut senders = Vec::with_capacity(pairs);
     let mut receivers = Vec::with_capacity(pairs);
     let mut conns = Vec::with_capacity(pairs);
@@ -463,6 +468,7 @@ pub(crate) async fn step(
     for receiver in receivers {
         latencies.extend(receiver.await.unwrap_or_default());
     }
+    let cpu = super::support::own_cpu().saturating_sub(cpu_before);
     for (tx, rx) in conns {
         tx.close(0u32.into(), b"");
         if let Some((rx, _)) = rx {
@@ -478,5 +484,6 @@ pub(crate) async fn step(
         latency: super::report::Latency::of(&mut latencies),
         stored: None,
         lag: None,
+        cpu_us: cpu.as_secs_f64() * 1e6 / schedule.total.max(1) as f64,
     })
 }

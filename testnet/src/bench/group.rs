@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use quip_proto::ids::{GroupId, GroupName, MsgId};
 use quip_proto::{ClientToNode, ContentKind, Conversation};
-use quip_storage::{NewGroup, Storage};
+use quip_storage::{NewGroup, NewMessage, Storage};
 
 use super::Options;
 use super::report::{Latency, Report, Row};
@@ -23,7 +23,7 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     };
     for &members in sizes {
         let messages = if members >= 1000 { 10 } else { 30 };
-        let (rate, mut to_last, frame) = fan_out(opts, members, messages).await?;
+        let (rate, mut to_last, frame, commit) = fan_out(opts, members, messages).await?;
         let p99 = Latency::of(&mut to_last).p99_ms;
         let (bare_rate, bare_p99) = super::baseline::fanout(members, messages, frame).await?;
         let case = format!("{members} members");
@@ -33,20 +33,33 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
         report.rows.push(
             Row::new(&case, "p99 to last member", p99, "ms").vs(bare_p99.as_secs_f64() * 1e3),
         );
+        report.rows.push(Row::new(
+            &case,
+            "storage: one enqueue",
+            commit.as_secs_f64() * 1e3,
+            "ms",
+        ));
     }
     report
         .notes
         .push("messages sent one after another; each is stored once and queued per member".into());
+    report.notes.push(
+        "storage: one enqueue = median of 3 Storage::enqueue calls of such a message straight \
+         to storage before the run (one transaction, a queue row per member): the storage \
+         share of a message's cost"
+            .into(),
+    );
     Ok(report)
 }
 
-/// Returns deliveries per second, per-message time to the last member, and the delivery frame
-/// size each member receives.
+/// Returns deliveries per second, per-message time to the last member, the delivery frame
+/// size each member receives, and how long storing one more such message takes in storage
+/// alone.
 async fn fan_out(
     opts: &Options,
     members: usize,
     messages: usize,
-) -> anyhow::Result<(f64, Vec<Duration>, usize)> {
+) -> anyhow::Result<(f64, Vec<Duration>, usize, Duration)> {
     let node = BenchNode::start(opts.database_url.as_deref()).await?;
     let people = users(&node.storage, "grp", members + 1).await?;
     let (sender, rest) = people.split_first().expect("at least one user");
@@ -63,6 +76,7 @@ async fn fan_out(
             created_at: 0,
         })
         .await?;
+    let commit = storage_share(&node, sender, rest, group).await?;
     let arrivals: Arc<Mutex<HashMap<MsgId, (usize, Instant)>>> = Arc::default();
     let mut readers = Vec::with_capacity(members);
     for member in rest {
@@ -116,7 +130,7 @@ async fn fan_out(
     for reader in readers {
         conns.push(reader.await?);
     }
-    let map = arrivals.lock().unwrap();
+    let map = std::mem::take(&mut *arrivals.lock().unwrap());
     let mut to_last = Vec::with_capacity(messages);
     let mut delivered = 0;
     let mut end = started;
@@ -136,7 +150,55 @@ async fn fan_out(
         delivered as f64 / (end - started).as_secs_f64(),
         to_last,
         frame,
+        commit,
     ))
+}
+
+/// The storage share of a group message: the median of three `Storage::enqueue` calls of
+/// such a message straight to storage (one transaction, a queue row per member), made before
+/// anyone connects; the rows are acknowledged away afterwards.
+async fn storage_share(
+    node: &BenchNode,
+    sender: &crate::fixtures::BenchUser,
+    rest: &[crate::fixtures::BenchUser],
+    group: GroupId,
+) -> anyhow::Result<Duration> {
+    let names: Vec<_> = rest.iter().map(|u| u.name.clone()).collect();
+    let mut commits = Vec::with_capacity(3);
+    let mut ids = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let extra = envelope(
+            &sender.name,
+            Conversation::Group {
+                id: group,
+                epoch: 0,
+            },
+            ContentKind::Text,
+            &names,
+            120,
+        );
+        let message = NewMessage {
+            id: extra.sealed.header.id,
+            sealed: quip_proto::frame::encode(&extra.sealed)?[4..].to_vec(),
+            blob: None,
+            recipients: extra
+                .keys
+                .iter()
+                .filter(|k| k.recipient != sender.name)
+                .map(|k| (k.recipient.clone(), k.wrapped.clone()))
+                .collect(),
+            created_at: 0,
+        };
+        let committing = Instant::now();
+        node.storage.enqueue(std::slice::from_ref(&message)).await?;
+        commits.push(committing.elapsed());
+        ids.push(message.id);
+    }
+    for member in rest {
+        node.storage.ack(&member.name, &ids).await?;
+    }
+    commits.sort_unstable();
+    Ok(commits[1])
 }
 
 fn postcard_len(envelope: &quip_proto::Envelope) -> usize {

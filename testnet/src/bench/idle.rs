@@ -1,5 +1,6 @@
-//! `bench idle`: N authenticated clients connected to one node and doing nothing (1,000 and
-//! 10,000; 1,000 with `--quick`; 50,000 with `--secs`-independent opt-in, see [`BIG`]).
+//! `bench idle`: N authenticated clients connected to one node and doing nothing (1,000,
+//! 10,000 and 50,000 — the last only if the memory measured at 10,000 says it fits; 1,000
+//! with `--quick`).
 //!
 //! The node runs as a **child process** (`quip-node` next to this executable, at bcrypt cost
 //! 12, on the same storage kind as the run), so its memory and CPU are its own and not the
@@ -34,14 +35,14 @@ use tokio::sync::Semaphore;
 
 use super::Options;
 use super::report::{Report, Row};
-use super::support::storage_name;
+use super::support::{cpu, storage_name};
 use crate::fixtures::users;
 
 /// Clients per shared client endpoint (UDP socket).
 const CLIENTS_PER_ENDPOINT: usize = 1000;
 /// Handshakes in flight at once while connecting.
 const CONNECTING: usize = 128;
-/// The largest size, run only when `QUIP_BENCH_IDLE_BIG=1` and memory allows.
+/// The largest size, run only when the memory measured at 10,000 says it fits.
 const BIG: usize = 50_000;
 /// ALPN of the bare baseline server.
 const BARE_ALPN: &[u8] = b"quip-bench-idle/0";
@@ -108,25 +109,6 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))?;
     Ok(kb * 1024)
-}
-
-/// CPU time `pid` has used (user + system).
-fn cpu(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at field 3 (state).
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow::anyhow!("bad /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15: indices 11 and 12 after the name.
-    Ok(Duration::from_millis((tick(11) + tick(12)) * 10))
 }
 
 fn mem_available() -> u64 {
@@ -393,14 +375,11 @@ async fn bare_idle(n: usize, idle: Duration) -> anyhow::Result<Idle> {
 pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut report = Report::new("idle");
     let idle = Duration::from_secs(if opts.quick { 3 } else { 10 });
-    let mut sizes = if opts.quick {
+    let sizes = if opts.quick {
         vec![1_000]
     } else {
-        vec![1_000, 10_000]
+        vec![1_000, 10_000, BIG]
     };
-    if !opts.quick && std::env::var("QUIP_BENCH_IDLE_BIG").is_ok_and(|v| v == "1") {
-        sizes.push(BIG);
-    }
     let mut per_conn_cost = 0.0;
     for n in sizes {
         if n == BIG {
@@ -473,7 +452,7 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     report.notes.push(format!(
         "node and bare server are child processes; idle CPU over {} s; keep-alive every {} s \
          on both sides (Limits::client); {CLIENTS_PER_ENDPOINT} clients per client UDP socket; \
-         {BIG} clients with QUIP_BENCH_IDLE_BIG=1; storage: {}",
+         the node is started with --max-connections N + 1000; storage: {}",
         idle.as_secs(),
         Limits::client().keep_alive.as_secs(),
         storage_name(opts.database_url.as_deref())

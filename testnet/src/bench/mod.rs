@@ -9,7 +9,6 @@ mod group;
 mod idle;
 mod image;
 mod login;
-mod probe;
 pub(crate) mod report;
 mod support;
 mod text;
@@ -32,9 +31,6 @@ pub const SCENARIOS: &[&str] = &["image", "group", "crypto", "login", "drain", "
 /// `json` (an array for `all`).
 pub async fn run(scenario: &str, opts: &Options, json: bool) -> anyhow::Result<String> {
     // The child processes `idle` starts (not scenarios of their own).
-    if let Some(rate) = scenario.strip_prefix("__probe") {
-        return probe::run(rate.parse()?, opts.secs).await;
-    }
     if [idle::BARE_CHILD, idle::NODE_CHILD].contains(&scenario) {
         idle::child(scenario).await?;
         return Ok(String::new());

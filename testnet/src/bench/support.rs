@@ -193,3 +193,28 @@ pub(crate) fn storage_note(database_url: Option<&str>) -> String {
         (None, Err(_)) => "storage: sqlite (temp file)".into(),
     }
 }
+
+/// CPU time process `pid` has used so far (user + system), from `/proc/<pid>/stat` in
+/// USER_HZ ticks (100 per second on Linux).
+pub(crate) fn cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("bad /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
+    Ok(Duration::from_millis((ticks(11) + ticks(12)) * 10))
+}
+
+/// CPU this process has used so far.
+pub(crate) fn own_cpu() -> Duration {
+    cpu(std::process::id()).unwrap_or_default()
+}
