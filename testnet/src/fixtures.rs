@@ -12,8 +12,7 @@ use quip_proto::{
     ClientToNode, ContentKind, Conversation, Envelope, Header, NodeToClient, Sealed, WrappedKey,
 };
 use quip_quic::Trust;
-use quip_storage::{NewUser, Storage, Store};
-use sha2::{Digest, Sha256};
+use quip_storage::Store;
 
 /// RSA-3072 sizes, so envelopes weigh what real ones do.
 pub(crate) const WRAPPED_KEY_LEN: usize = 384;
@@ -78,12 +77,6 @@ pub(crate) struct BenchUser {
     pub(crate) token: SessionToken,
 }
 
-fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).expect("OS randomness");
-    bytes
-}
-
 /// Creates `count` users named `<prefix><i>` with sessions, straight in storage.
 pub(crate) async fn users(
     storage: &Store,
@@ -93,35 +86,12 @@ pub(crate) async fn users(
     // These users resume sessions and never log in with a password (logins are benchmarked
     // on their own), so the hash is a well-formed placeholder no secret matches.
     let hash = format!("$2b$12${}", "x".repeat(53));
-    let run = hex(&random::<3>());
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let name = UserName::new(&format!("{prefix}{run}x{i}"))?;
-        storage
-            .create_user(&NewUser {
-                name: name.clone(),
-                password_hash: hash.clone(),
-                encryption_key: vec![1; 420],
-                signing_key: vec![2; 420],
-                key_backup: vec![3; 64],
-                created_at: 0,
-            })
-            .await?;
-        let token = SessionToken(random());
-        let digest: [u8; 32] = Sha256::digest(token.0).into();
-        storage.create_session(&digest, &name, i64::MAX / 2).await?;
-        out.push(BenchUser { name, token });
-    }
-    Ok(out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::bench::support::users_with_hash(storage, prefix, count, &hash).await
 }
 
 /// A fresh message id.
 pub(crate) fn msg_id() -> MsgId {
-    MsgId(random())
+    MsgId(crate::bench::support::random())
 }
 
 /// An envelope of realistic size from `sender` to `recipients` (sender included), with

@@ -36,6 +36,11 @@ impl Bare {
 
     async fn client(&self) -> anyhow::Result<quinn::Connection> {
         let endpoint = quip_quic::client_endpoint("127.0.0.1:0".parse()?, &Limits::client())?;
+        self.client_on(&endpoint).await
+    }
+
+    /// A client connection on a (shared) client endpoint.
+    async fn client_on(&self, endpoint: &quinn::Endpoint) -> anyhow::Result<quinn::Connection> {
         Ok(endpoint
             .connect_with(self.client_config.clone(), self.addr(), "bench")?
             .await?)
@@ -76,13 +81,10 @@ pub(crate) async fn bulk(total: usize, chunk: usize) -> anyhow::Result<f64> {
     Ok(sent as f64 / secs / 1e6)
 }
 
-/// A server that pushes `messages` frames of `size` bytes to each of `clients` connections,
-/// one after another: deliveries per second and the p99 time to the last client.
-pub(crate) async fn fanout(
-    clients: usize,
-    messages: usize,
-    size: usize,
-) -> anyhow::Result<(f64, Duration)> {
+/// A server that pushes `messages` frames of `size` bytes to each of `clients` connections
+/// (sharing a few client sockets), one after another: deliveries per second and
+/// the p99 time to the last client.
+pub(crate) async fn fanout(clients: usize, messages: usize, size: usize) -> anyhow::Result<Fanout> {
     let bare = Bare::new()?;
     let mut conns = Vec::with_capacity(clients);
     let server = bare.server.clone();
@@ -98,8 +100,10 @@ pub(crate) async fn fanout(
         }
         accepted
     });
-    for _ in 0..clients {
-        conns.push(bare.client().await?);
+    let endpoints = super::support::shared_endpoints(clients)?;
+    for i in 0..clients {
+        let endpoint = &endpoints[i % endpoints.len()];
+        conns.push(bare.client_on(endpoint).await?);
     }
     let served = accept.await?;
     // Each client opens one stream and reads frames of `size` bytes.
@@ -126,6 +130,7 @@ pub(crate) async fn fanout(
     }
     let frame = bytes::Bytes::from(vec![0x42u8; size]);
     let started = Instant::now();
+    let cpu_start = super::support::own_cpu();
     let mut sent_at = Vec::with_capacity(messages);
     let mut last = vec![started; messages];
     let mut received = 0;
@@ -143,16 +148,28 @@ pub(crate) async fn fanout(
         last[n] = last[n].max(at);
         received += 1;
     }
+    let cpu = super::support::own_cpu().saturating_sub(cpu_start);
     let elapsed = last.iter().max().copied().unwrap_or(started) - started;
     let mut to_last: Vec<Duration> = last.iter().zip(&sent_at).map(|(l, s)| *l - *s).collect();
     let p99 = super::report::Latency::of(&mut to_last).p99_ms;
     for conn in conns {
         conn.close(0u32.into(), b"");
     }
-    Ok((
-        (clients * messages) as f64 / elapsed.as_secs_f64(),
-        Duration::from_secs_f64(p99 / 1e3),
-    ))
+    Ok(Fanout {
+        rate: (clients * messages) as f64 / elapsed.as_secs_f64(),
+        p99_ms: p99,
+        cpu_us: cpu.as_secs_f64() * 1e6 / (clients * messages) as f64,
+    })
+}
+
+/// What a bare fan-out measured.
+pub(crate) struct Fanout {
+    /// Deliveries per second.
+    pub(crate) rate: f64,
+    /// p99 of the time from a frame's first write to its last arrival.
+    pub(crate) p99_ms: f64,
+    /// CPU this process used per delivery (server and clients), microseconds.
+    pub(crate) cpu_us: f64,
 }
 
 /// A bare server that answers one byte on the first stream of every connection: what a QUIC

@@ -86,7 +86,7 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     conn.close().await;
 
     let frame = 4 + 3 + key.len() + sealed_len;
-    let (bare_rate, _) = super::baseline::fanout(1, total, frame).await?;
+    let bare_rate = super::baseline::fanout(1, total, frame).await?.rate;
     let rate = got as f64 / elapsed.as_secs_f64().max(1e-9);
     let case = format!("{total} queued");
     report

@@ -10,7 +10,7 @@ mod idle;
 mod image;
 mod login;
 pub(crate) mod report;
-mod support;
+pub(crate) mod support;
 mod text;
 
 /// Options every scenario understands.

@@ -218,3 +218,90 @@ pub(crate) fn cpu(pid: u32) -> anyhow::Result<Duration> {
 pub(crate) fn own_cpu() -> Duration {
     cpu(std::process::id()).unwrap_or_default()
 }
+
+/// Client endpoints (UDP sockets) that simulated users share when there are many: at most
+/// this many, with users assigned round robin. Enough to spread receive work over the
+/// runtime's threads; few enough that a thousand users do not cost a thousand sockets and
+/// endpoint drivers in the process that measures.
+pub(crate) const SHARED_ENDPOINTS: usize = 16;
+
+/// Client endpoints for `clients` connections (see [`SHARED_ENDPOINTS`]); connection `i`
+/// uses `endpoints[i % endpoints.len()]`.
+pub(crate) fn shared_endpoints(clients: usize) -> anyhow::Result<Vec<quinn::Endpoint>> {
+    let limits = quip_quic::Limits::client();
+    (0..clients.clamp(1, SHARED_ENDPOINTS))
+        .map(|_| Ok(quip_quic::client_endpoint("127.0.0.1:0".parse()?, &limits)?))
+        .collect()
+}
+
+/// A logged-in client without `quip_cli::Connection`'s tasks: the QUIC connection and both
+/// halves of its control stream.
+pub(crate) struct Lean {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) send: quip_quic::FramedSend,
+    pub(crate) recv: quip_quic::FramedRecv,
+}
+
+impl Lean {
+    /// Closes the connection.
+    pub(crate) fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+/// Connects on `endpoint` to the node at `addr` and resumes `token`'s session, exchanging
+/// the same frames `quip_cli::Connection` does (hellos on the control stream, `Resume`).
+pub(crate) async fn lean_resume(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    token: SessionToken,
+) -> anyhow::Result<Lean> {
+    let conn = endpoint
+        .connect_with(config, addr, quip_quic::names::NODE)?
+        .await?;
+    let (mut send, mut recv, _) = quip_quic::open_control(
+        &conn,
+        quip_cli::connection::AGENT,
+        quip_proto::limits::MAX_FRAME,
+    )
+    .await?;
+    send.send(&ClientToNode::Resume { req: 1, token }).await?;
+    match recv.recv::<NodeToClient>().await? {
+        Some(NodeToClient::LoggedIn { .. }) => Ok(Lean { conn, send, recv }),
+        other => anyhow::bail!("resume answered {other:?}"),
+    }
+}
+
+/// Reads deliveries on a [`Lean`] client until `expected` arrived or `deadline`, calling
+/// `seen` with each id and arrival time and acknowledging in batches of 64.
+pub(crate) async fn lean_receive(
+    client: &mut Lean,
+    expected: usize,
+    deadline: Instant,
+    mut seen: impl FnMut(quip_proto::ids::MsgId, Instant),
+) -> usize {
+    let mut got = 0;
+    let mut acks = Vec::new();
+    while got < expected {
+        let next = tokio::time::timeout_at(deadline.into(), client.recv.recv::<NodeToClient>());
+        match next.await {
+            Ok(Ok(Some(NodeToClient::Deliver(delivery)))) => {
+                let id = delivery.sealed.header.id;
+                seen(id, Instant::now());
+                acks.push(id);
+                got += 1;
+                if acks.len() >= 64 {
+                    let ids = std::mem::take(&mut acks);
+                    let _ = client.send.send(&ClientToNode::Ack { ids }).await;
+                }
+            }
+            Ok(Ok(Some(_))) => {}
+            _ => break,
+        }
+    }
+    if !acks.is_empty() {
+        let _ = client.send.send(&ClientToNode::Ack { ids: acks }).await;
+    }
+    got
+}
