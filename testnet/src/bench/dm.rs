@@ -126,7 +126,12 @@ impl Pairs {
                     acks.push(id);
                     if acks.len() >= ACK_BATCH {
                         let ids = std::mem::take(&mut acks);
-                        let _ = conn.send(&ClientToNode::Ack { ids }).await;
+                        // Bounded: a node that stops reading must not hang the benchmark.
+                        let msg = ClientToNode::Ack { ids };
+                        let ack = conn.send(&msg);
+                        if tokio::time::timeout_at(deadline.into(), ack).await.is_err() {
+                            break;
+                        }
                     }
                     // Another step's straggler is acknowledged and otherwise ignored.
                     if id.0[..8] != prefix[..8] {
@@ -143,7 +148,9 @@ impl Pairs {
                     }
                 }
                 if !acks.is_empty() {
-                    let _ = conn.send(&ClientToNode::Ack { ids: acks }).await;
+                    let msg = ClientToNode::Ack { ids: acks };
+                    let ack = conn.send(&msg);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), ack).await;
                 }
                 (conn, latencies, duplicates)
             }));

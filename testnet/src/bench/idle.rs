@@ -179,55 +179,61 @@ async fn connect_all(
         let permit = permits.clone().acquire_owned().await?;
         let endpoint = endpoints[i / CLIENTS_PER_ENDPOINT].clone();
         let (config, alive, login) = (config.clone(), alive.clone(), login.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let conn = endpoint.connect_with(config, addr, server_name)?.await?;
-            let held = match login {
-                Login::Resume(tokens) => {
-                    let (mut send, mut recv, _) =
-                        quip_quic::open_control(&conn, quip_cli::connection::AGENT, MAX_FRAME)
-                            .await?;
-                    let token = tokens[i].clone();
-                    send.send(&ClientToNode::Resume { req: 1, token }).await?;
-                    match recv.recv::<NodeToClient>().await? {
-                        Some(NodeToClient::LoggedIn { .. }) => {}
-                        other => anyhow::bail!("resume answered {other:?}"),
+        tasks.push(tokio::spawn(tokio::time::timeout(
+            super::support::OP_TIMEOUT,
+            async move {
+                let _permit = permit;
+                let conn = endpoint.connect_with(config, addr, server_name)?.await?;
+                let held = match login {
+                    Login::Resume(tokens) => {
+                        let (mut send, mut recv, _) =
+                            quip_quic::open_control(&conn, quip_cli::connection::AGENT, MAX_FRAME)
+                                .await?;
+                        let token = tokens[i].clone();
+                        send.send(&ClientToNode::Resume { req: 1, token }).await?;
+                        match recv.recv::<NodeToClient>().await? {
+                            Some(NodeToClient::LoggedIn { .. }) => {}
+                            other => anyhow::bail!("resume answered {other:?}"),
+                        }
+                        alive.fetch_add(1, Ordering::Relaxed);
+                        let alive = alive.clone();
+                        // Read (and drop) whatever the node pushes until the connection ends.
+                        tokio::spawn(async move {
+                            while let Ok(Some(_)) = recv.recv::<NodeToClient>().await {}
+                            alive.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        (conn, Some(send))
                     }
-                    alive.fetch_add(1, Ordering::Relaxed);
-                    let alive = alive.clone();
-                    // Read (and drop) whatever the node pushes until the connection ends.
-                    tokio::spawn(async move {
-                        while let Ok(Some(_)) = recv.recv::<NodeToClient>().await {}
-                        alive.fetch_sub(1, Ordering::Relaxed);
-                    });
-                    (conn, Some(send))
-                }
-                Login::Byte => {
-                    let (mut send, mut recv) = conn.open_bi().await?;
-                    send.write_all(b"h").await?;
-                    let mut byte = [0u8; 1];
-                    recv.read_exact(&mut byte).await?;
-                    alive.fetch_add(1, Ordering::Relaxed);
-                    let alive = alive.clone();
-                    let watched = conn.clone();
-                    tokio::spawn(async move {
-                        let _keep = (send, recv);
-                        watched.closed().await;
-                        alive.fetch_sub(1, Ordering::Relaxed);
-                    });
-                    (conn, None)
-                }
-            };
-            Ok::<_, anyhow::Error>(held)
-        }));
+                    Login::Byte => {
+                        let (mut send, mut recv) = conn.open_bi().await?;
+                        send.write_all(b"h").await?;
+                        let mut byte = [0u8; 1];
+                        recv.read_exact(&mut byte).await?;
+                        alive.fetch_add(1, Ordering::Relaxed);
+                        let alive = alive.clone();
+                        let watched = conn.clone();
+                        tokio::spawn(async move {
+                            let _keep = (send, recv);
+                            watched.closed().await;
+                            alive.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        (conn, None)
+                    }
+                };
+                Ok::<_, anyhow::Error>(held)
+            },
+        )));
     }
     let mut held = Vec::with_capacity(n);
     let mut first_error = None;
     for task in tasks {
         match task.await? {
-            Ok(h) => held.push(h),
-            Err(err) => {
+            Ok(Ok(h)) => held.push(h),
+            Ok(Err(err)) => {
                 first_error.get_or_insert(err);
+            }
+            Err(_) => {
+                first_error.get_or_insert(anyhow::anyhow!("a client did not log in in time"));
             }
         }
     }
@@ -450,11 +456,11 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
         }
     }
     report.notes.push(format!(
-        "node and bare server are child processes; idle CPU over {} s; keep-alive every {} s \
+        "node and bare server are child processes; idle CPU over {} s; keep-alive every {:.1} s \
          on both sides (Limits::client); {CLIENTS_PER_ENDPOINT} clients per client UDP socket; \
          the node is started with --max-connections N + 1000; storage: {}",
         idle.as_secs(),
-        Limits::client().keep_alive.as_secs(),
+        Limits::client().keep_alive.as_secs_f64(),
         storage_name(opts.database_url.as_deref())
     ));
     Ok(report)

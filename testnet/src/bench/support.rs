@@ -63,16 +63,23 @@ pub(crate) async fn resume_on(
     trust: &Trust,
     user: &BenchUser,
 ) -> anyhow::Result<Connection> {
-    let conn = Connection::connect(addr, quip_quic::names::NODE, trust).await?;
-    let token = user.token.clone();
-    match conn
-        .request(|req| ClientToNode::Resume { req, token })
-        .await?
-    {
-        NodeToClient::LoggedIn { .. } => Ok(conn),
-        other => anyhow::bail!("resume answered {other:?}"),
-    }
+    tokio::time::timeout(OP_TIMEOUT, async {
+        let conn = Connection::connect(addr, quip_quic::names::NODE, trust).await?;
+        let token = user.token.clone();
+        match conn
+            .request(|req| ClientToNode::Resume { req, token })
+            .await?
+        {
+            NodeToClient::LoggedIn { .. } => Ok(conn),
+            other => anyhow::bail!("resume answered {other:?}"),
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("resume: no answer within {OP_TIMEOUT:?}"))?
 }
+
+/// The longest one connect-and-log-in may take before it counts as failed.
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What [`churn`] measured.
 pub(crate) struct Churn {
@@ -122,11 +129,16 @@ where
                     .is_ok()
             {
                 let t = Instant::now();
-                match op(client).await {
-                    Ok(()) => out.0.push(t.elapsed()),
-                    Err(err) => {
+                match tokio::time::timeout(OP_TIMEOUT, op(client)).await {
+                    Ok(Ok(())) => out.0.push(t.elapsed()),
+                    Ok(Err(err)) => {
                         out.1 += 1;
                         out.2.get_or_insert_with(|| format!("{err:#}"));
+                    }
+                    Err(_) => {
+                        out.1 += 1;
+                        out.2
+                            .get_or_insert_with(|| format!("no answer within {OP_TIMEOUT:?}"));
                     }
                 }
                 out.3 = Instant::now();
@@ -257,6 +269,17 @@ pub(crate) async fn lean_resume(
     addr: SocketAddr,
     token: SessionToken,
 ) -> anyhow::Result<Lean> {
+    tokio::time::timeout(OP_TIMEOUT, lean_resume_now(endpoint, config, addr, token))
+        .await
+        .map_err(|_| anyhow::anyhow!("resume: no answer within {OP_TIMEOUT:?}"))?
+}
+
+async fn lean_resume_now(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    token: SessionToken,
+) -> anyhow::Result<Lean> {
     let conn = endpoint
         .connect_with(config, addr, quip_quic::names::NODE)?
         .await?;
@@ -293,7 +316,11 @@ pub(crate) async fn lean_receive(
                 got += 1;
                 if acks.len() >= 64 {
                     let ids = std::mem::take(&mut acks);
-                    let _ = client.send.send(&ClientToNode::Ack { ids }).await;
+                    let msg = ClientToNode::Ack { ids };
+                    let ack = client.send.send(&msg);
+                    if tokio::time::timeout_at(deadline.into(), ack).await.is_err() {
+                        break;
+                    }
                 }
             }
             Ok(Ok(Some(_))) => {}
@@ -301,7 +328,9 @@ pub(crate) async fn lean_receive(
         }
     }
     if !acks.is_empty() {
-        let _ = client.send.send(&ClientToNode::Ack { ids: acks }).await;
+        let msg = ClientToNode::Ack { ids: acks };
+        let ack = client.send.send(&msg);
+        let _ = tokio::time::timeout(Duration::from_secs(5), ack).await;
     }
     got
 }
