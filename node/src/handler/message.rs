@@ -174,7 +174,10 @@ pub(crate) async fn ack<S: Storage>(session: &Session<S>, ids: Vec<MsgId>) -> Re
         .ack(user, &ids)
         .await
         .map_err(Refusal::internal)?;
-    let _ = session.outbox.send(Outgoing::Acked(ids)).await;
+    // Never wait on the outbox here: it is the queue deliveries fill, and a client that
+    // acks faster than we write would otherwise deadlock with us (found by bench drain).
+    // A dropped note only leaves acked ids in the writer's skip set, which is harmless.
+    let _ = session.outbox.try_send(Outgoing::Acked(ids));
     Ok(())
 }
 
