@@ -48,7 +48,7 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     report
         .notes
-        .push("messages sent one after another; each is stored once and queued per member".into());
+        .push("messages pipelined by one sender; each is stored once and queued per member".into());
     report.notes.push(
         "CPU per delivery: this whole process (node, sender and members, or the bare server \
          and its clients) from the first send to the last delivery"
