@@ -190,6 +190,24 @@ pub enum Enqueued {
     Duplicate,
 }
 
+/// A recipient's acknowledgement: these messages may leave their queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// Whose queue.
+    pub user: UserName,
+    /// Which messages (ids not queued for `user` are ignored).
+    pub ids: Vec<MsgId>,
+}
+
+/// What one [`Storage::commit`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// One outcome per message, in the order given.
+    pub enqueued: Vec<Enqueued>,
+    /// How many queue entries the acks removed.
+    pub acked: u64,
+}
+
 /// A message waiting in one recipient's queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedMessage {
@@ -333,6 +351,16 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes these messages from `user`'s queue (ids not queued are ignored) and returns how
     /// many were removed. A message no longer queued for anyone is deleted, with its blob.
     fn ack(&self, user: &UserName, ids: &[MsgId]) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Enqueues `messages` (as [`Storage::enqueue`]) and applies `acks` (as [`Storage::ack`])
+    /// in one transaction: the group commit a node uses, so one commit serves every sender and
+    /// receiver that gathered meanwhile. Messages are written before acks. All or nothing: an
+    /// error in any message writes nothing.
+    fn commit(
+        &self,
+        messages: &[NewMessage],
+        acks: &[Ack],
+    ) -> impl Future<Output = Result<Committed>> + Send;
 
     /// How many messages wait for `user`.
     fn queue_depth(&self, user: &UserName) -> impl Future<Output = Result<u64>> + Send;

@@ -3,9 +3,9 @@
 use quip_proto::ids::{BlobId, GroupId, MsgId, UserName};
 
 use crate::{
-    BlobInfo, Enqueued, GroupChange, GroupRecord, Member, NewGroup, NewMessage, NewUser,
-    PostgresStorage, QueuedMessage, Result, SessionRecord, SqliteStorage, Storage, StorageError,
-    UnixMillis, UserRecord,
+    Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, Member, NewGroup, NewMessage,
+    NewUser, PostgresStorage, QueuedMessage, Result, SessionRecord, SqliteStorage, Storage,
+    StorageError, UnixMillis, UserRecord,
 };
 
 /// Either backend, picked by [`Store::connect`] from the URL's scheme.
@@ -139,6 +139,10 @@ impl Storage for Store {
 
     async fn ack(&self, user: &UserName, ids: &[MsgId]) -> Result<u64> {
         dispatch!(self.ack(user, ids))
+    }
+
+    async fn commit(&self, messages: &[NewMessage], acks: &[Ack]) -> Result<Committed> {
+        dispatch!(self.commit(messages, acks))
     }
 
     async fn queue_depth(&self, user: &UserName) -> Result<u64> {

@@ -39,6 +39,7 @@ pub async fn run_all(store: &impl Storage) {
     groups::changes(store, &fx).await;
     queue::delivery(store, &fx).await;
     queue::all_or_nothing(store, &fx).await;
+    queue::group_commit(store, &fx).await;
     queue::blob_follows_message(store, &fx).await;
     blobs::upload(store, &fx).await;
     blobs::purge(store, &fx).await;

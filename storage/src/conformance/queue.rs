@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use quip_proto::ids::{MsgId, UserName};
 
 use super::{DAY, Fixture, wrapped_key};
-use crate::{Enqueued, NewMessage, QueuedMessage, Storage, StorageError, limits};
+use crate::{Ack, Committed, Enqueued, NewMessage, QueuedMessage, Storage, StorageError, limits};
 
 /// Everything waiting for `user`.
 async fn all_pending(store: &impl Storage, user: &UserName) -> Vec<QueuedMessage> {
@@ -210,6 +210,85 @@ pub(super) async fn all_or_nothing(store: &impl Storage, fx: &Fixture) {
     let lonely = fx.message(&[], "lonely");
     assert_eq!(store.enqueue(&[lonely]).await.unwrap(), [Enqueued::Stored]);
     assert_eq!(store.ack(&ann, &[good.id, roomy.id]).await.unwrap(), 2);
+}
+
+/// `commit`: one transaction enqueues and acknowledges for many users at once.
+pub(super) async fn group_commit(store: &impl Storage, fx: &Fixture) {
+    let [ann, ben, cat] = fx.users(store, ["gc-ann", "gc-ben", "gc-cat"]).await;
+    let m1 = fx.message(&[&ann, &ben], "c1");
+    let m2 = fx.message(&[&ann, &ben, &cat], "c2");
+    store.enqueue(&[m1.clone(), m2.clone()]).await.unwrap();
+
+    // Fresh messages, a repeat, and three users' acks (one of them for nothing queued).
+    let m3 = fx.message(&[&ann, &cat], "c3");
+    let m4 = fx.message(&[&ben], "c4");
+    let acks = [
+        Ack {
+            user: ann.clone(),
+            ids: vec![m1.id, m2.id, m1.id],
+        },
+        Ack {
+            user: ben.clone(),
+            ids: vec![m1.id],
+        },
+        Ack {
+            user: cat.clone(),
+            ids: vec![m1.id, fx.msg_id()],
+        },
+    ];
+    let committed = store
+        .commit(&[m3.clone(), m1.clone(), m4.clone()], &acks)
+        .await
+        .unwrap();
+    assert_eq!(
+        committed.enqueued,
+        [Enqueued::Stored, Enqueued::Duplicate, Enqueued::Stored],
+        "messages are written before the acks, so m1 was still stored"
+    );
+    assert_eq!(committed.acked, 3, "ann's m1 and m2, ben's m1");
+    assert_eq!(pending_ids(store, &ann).await, [m3.id]);
+    assert_eq!(pending_ids(store, &ben).await, [m2.id, m4.id]);
+    assert_eq!(pending_ids(store, &cat).await, [m2.id, m3.id]);
+    // m1 had no one left, so it is gone and its id is new again.
+    assert_eq!(
+        store.enqueue(std::slice::from_ref(&m1)).await.unwrap(),
+        [Enqueued::Stored]
+    );
+
+    // A bad message fails the whole commit, acks included.
+    let mut bad = fx.message(&[&ann], "c-bad");
+    bad.sealed = vec![0; limits::MAX_SEALED + 1];
+    let ack = Ack {
+        user: ann.clone(),
+        ids: vec![m3.id],
+    };
+    let result = store.commit(&[bad], std::slice::from_ref(&ack)).await;
+    assert!(
+        matches!(result, Err(StorageError::TooLarge { .. })),
+        "{result:?}"
+    );
+    assert_eq!(pending_ids(store, &ann).await, [m3.id, m1.id]);
+    assert_eq!(store.commit(&[], &[]).await.unwrap(), Committed::default());
+
+    // Clean up, many users in one commit.
+    let everything = [
+        Ack {
+            user: ann.clone(),
+            ids: vec![m3.id, m1.id],
+        },
+        Ack {
+            user: ben.clone(),
+            ids: vec![m2.id, m4.id, m1.id],
+        },
+        Ack {
+            user: cat.clone(),
+            ids: vec![m2.id, m3.id],
+        },
+    ];
+    assert_eq!(store.commit(&[], &everything).await.unwrap().acked, 7);
+    for user in [&ann, &ben, &cat] {
+        assert_eq!(store.queue_depth(user).await.unwrap(), 0);
+    }
 }
 
 /// A message's image blob is deleted with the message, after its last recipient's ack.

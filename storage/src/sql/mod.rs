@@ -87,12 +87,14 @@ pub(crate) mod prelude {
     pub(crate) use quip_proto::ids::{BlobId, GroupId, MsgId, UserName};
     pub(crate) use sqlx::QueryBuilder;
 
-    pub(crate) use super::queue::ACK_CHUNK;
+    pub(crate) use std::collections::HashSet;
+
+    pub(crate) use super::queue::{ACK_CHUNK, MESSAGE_CHUNK, QUEUE_CHUNK};
     pub(crate) use super::{Dialect, check, decode, push_list};
     pub(crate) use crate::{
-        BlobInfo, Enqueued, GroupChange, GroupRecord, Member, MemberEffect, NewGroup, NewMessage,
-        NewUser, QueuedMessage, Result, Role, SessionRecord, Storage, StorageError, UnixMillis,
-        UserRecord, limits,
+        Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, Member, MemberEffect,
+        NewGroup, NewMessage, NewUser, QueuedMessage, Result, Role, SessionRecord, Storage,
+        StorageError, UnixMillis, UserRecord, limits,
     };
 }
 

@@ -4,67 +4,168 @@
 //! A message is stored once in `messages` and queued once per recipient in `queue` with the
 //! content key wrapped for that recipient. It leaves a queue only when that recipient acks it,
 //! and is deleted (with its image blob) when the last recipient has.
+//!
+//! Writes come in batches ([`crate::Storage::commit`]): a node gathers many senders' messages
+//! and many receivers' acks into one transaction, so one commit (one fsync) serves them all,
+//! and each kind of row is written with one multi-row statement per chunk rather than one
+//! statement per message — per-statement overhead, not the disk, is what bounds SQLite here.
 
-/// Most ids bound into one `IN (…)` list (SQLite allows 32,766 parameters per statement,
-/// Postgres 65,535).
-pub(crate) const ACK_CHUNK: usize = 500;
+/// Most (recipient, id) pairs bound into one ack statement (two parameters each; SQLite
+/// allows 32,766 parameters per statement, Postgres 65,535).
+pub(crate) const ACK_CHUNK: usize = 2_000;
+/// Most messages inserted by one statement (four parameters each).
+pub(crate) const MESSAGE_CHUNK: usize = 1_000;
+/// Most queue rows inserted by one statement (three parameters each).
+pub(crate) const QUEUE_CHUNK: usize = 5_000;
 
 /// The queue methods of [`crate::Storage`].
 macro_rules! queue {
     () => {
         async fn enqueue(&self, messages: &[NewMessage]) -> Result<Vec<Enqueued>> {
+            Ok(self.commit(messages, &[]).await?.enqueued)
+        }
+
+        async fn ack(&self, user: &UserName, ids: &[MsgId]) -> Result<u64> {
+            let ack = Ack {
+                user: user.clone(),
+                ids: ids.to_vec(),
+            };
+            Ok(self.commit(&[], std::slice::from_ref(&ack)).await?.acked)
+        }
+
+        async fn commit(&self, messages: &[NewMessage], acks: &[Ack]) -> Result<Committed> {
             let recipients = messages
                 .iter()
                 .map(check::message)
                 .collect::<Result<Vec<_>>>()?;
-            if messages.is_empty() {
-                return Ok(Vec::new());
+            // Each recipient's ids once, all pairs sorted by id so concurrent acks lock
+            // messages in one global order.
+            let mut acked: Vec<(&str, &[u8])> = acks
+                .iter()
+                .flat_map(|ack| {
+                    ack.ids
+                        .iter()
+                        .map(|id| (ack.user.as_str(), id.0.as_slice()))
+                })
+                .collect();
+            acked.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+            acked.dedup();
+            let mut committed = Committed {
+                enqueued: Vec::with_capacity(messages.len()),
+                acked: 0,
+            };
+            if messages.is_empty() && acked.is_empty() {
+                return Ok(committed);
             }
-            let mut everyone: Vec<&str> =
-                recipients.iter().flatten().map(|(name, _)| *name).collect();
-            everyone.sort_unstable();
-            everyone.dedup();
 
-            // One transaction for the whole batch: the node gathers many senders' messages
-            // into one commit (one fsync).
             let mut tx = self.begin_write().await?;
-            Self::lock_queues(&mut *tx, &everyone).await?;
-            let mut outcome = Vec::with_capacity(messages.len());
-            for (message, recipients) in messages.iter().zip(&recipients) {
-                if recipients.is_empty() {
-                    // Nobody to deliver to, so nobody would ever ack it: nothing to store.
-                    outcome.push(Enqueued::Stored);
-                    continue;
+            if !messages.is_empty() {
+                let mut everyone: Vec<&str> =
+                    recipients.iter().flatten().map(|(name, _)| *name).collect();
+                everyone.sort_unstable();
+                everyone.dedup();
+                Self::lock_queues(&mut *tx, &everyone).await?;
+
+                // Messages nobody would ever ack are not stored at all.
+                let storable: Vec<&NewMessage> = messages
+                    .iter()
+                    .zip(&recipients)
+                    .filter(|(_, to)| !to.is_empty())
+                    .map(|(message, _)| message)
+                    .collect();
+                let mut inserted: HashSet<Vec<u8>> = HashSet::with_capacity(storable.len());
+                for chunk in storable.chunks(MESSAGE_CHUNK) {
+                    let mut insert = QueryBuilder::new(
+                        "INSERT INTO messages (id, sealed, blob_id, created_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, message| {
+                        row.push_bind(message.id.0.as_slice())
+                            .push_bind(message.sealed.as_slice())
+                            .push_bind(message.blob.as_ref().map(|blob| blob.0.as_slice()))
+                            .push_bind(message.created_at);
+                    });
+                    insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                    let ids: Vec<Vec<u8>> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+                    inserted.extend(ids);
                 }
-                let id = message.id.0.as_slice();
-                let inserted = sqlx::query(
-                    "INSERT INTO messages (id, sealed, blob_id, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(id)
-                .bind(message.sealed.as_slice())
-                .bind(message.blob.as_ref().map(|blob| blob.0.as_slice()))
-                .bind(message.created_at)
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 0 {
-                    outcome.push(Enqueued::Duplicate);
-                    continue;
+
+                // Queue rows in message order, so each recipient's `seq` order is send order.
+                // An id listed twice in the batch is stored by its first occurrence.
+                let mut rows: Vec<(&str, &[u8], &[u8])> = Vec::new();
+                for (message, to) in messages.iter().zip(&recipients) {
+                    let id = message.id.0.as_slice();
+                    if to.is_empty() {
+                        committed.enqueued.push(Enqueued::Stored);
+                    } else if inserted.remove(id) {
+                        rows.extend(to.iter().map(|(name, key)| (*name, id, *key)));
+                        committed.enqueued.push(Enqueued::Stored);
+                    } else {
+                        committed.enqueued.push(Enqueued::Duplicate);
+                    }
                 }
-                let mut insert =
-                    QueryBuilder::new("INSERT INTO queue (recipient, msg_id, wrapped_key) ");
-                insert.push_values(recipients, |mut row, (name, key)| {
-                    row.push_bind(*name).push_bind(id).push_bind(*key);
+                for chunk in rows.chunks(QUEUE_CHUNK) {
+                    let mut insert =
+                        QueryBuilder::new("INSERT INTO queue (recipient, msg_id, wrapped_key) ");
+                    insert.push_values(chunk, |mut row, (name, id, key)| {
+                        row.push_bind(*name).push_bind(*id).push_bind(*key);
+                    });
+                    insert
+                        .build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| StorageError::from_write(e, "queued message", "recipient"))?;
+                }
+            }
+
+            for chunk in acked.chunks(ACK_CHUNK) {
+                let mut ids: Vec<&[u8]> = chunk.iter().map(|(_, id)| *id).collect();
+                ids.dedup();
+                Self::lock_messages(&mut *tx, &ids).await?;
+
+                // A join on VALUES rather than `(recipient, msg_id) IN (VALUES …)`: SQLite
+                // plans the row-value IN as a scan of the whole queue, the join as index
+                // lookups (`column1`/`column2` are both databases' names for VALUES columns).
+                let mut delete =
+                    QueryBuilder::new("DELETE FROM queue WHERE seq IN (SELECT q.seq FROM (");
+                delete.push_values(chunk, |mut row, (name, id)| {
+                    row.push_bind(*name).push_bind(*id);
                 });
-                insert
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| StorageError::from_write(e, "queued message", "recipient"))?;
-                outcome.push(Enqueued::Stored);
+                delete.push(
+                    ") AS v JOIN queue q ON q.recipient = v.column1 AND q.msg_id = v.column2) \
+                     RETURNING msg_id",
+                );
+                let mut removed: Vec<Vec<u8>> =
+                    delete.build_query_scalar().fetch_all(&mut *tx).await?;
+                if removed.is_empty() {
+                    continue;
+                }
+                committed.acked += removed.len() as u64;
+                removed.sort_unstable();
+                removed.dedup();
+
+                // Messages nobody else is waiting for go, and so do their images.
+                let removed: Vec<&[u8]> = removed.iter().map(Vec::as_slice).collect();
+                let mut delete = QueryBuilder::new("DELETE FROM messages WHERE id IN (");
+                push_list(&mut delete, &removed);
+                delete.push(
+                    ") AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.msg_id = messages.id) \
+                     RETURNING blob_id",
+                );
+                let blobs: Vec<Option<Vec<u8>>> =
+                    delete.build_query_scalar().fetch_all(&mut *tx).await?;
+                let blobs: Vec<&[u8]> = blobs.iter().flatten().map(Vec::as_slice).collect();
+                if blobs.is_empty() {
+                    continue;
+                }
+                // Chunks go by ON DELETE CASCADE; a blob another message still uses stays.
+                let mut delete = QueryBuilder::new("DELETE FROM blobs WHERE id IN (");
+                push_list(&mut delete, &blobs);
+                delete
+                    .push(") AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.blob_id = blobs.id)");
+                delete.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(outcome)
+            Ok(committed)
         }
 
         async fn pending(
@@ -101,54 +202,6 @@ macro_rules! queue {
             .fetch_optional(&self.read)
             .await?;
             row.map(decode::queued).transpose()
-        }
-
-        async fn ack(&self, user: &UserName, ids: &[MsgId]) -> Result<u64> {
-            let mut ids: Vec<&[u8]> = ids.iter().map(|id| id.0.as_slice()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            if ids.is_empty() {
-                return Ok(0);
-            }
-            let mut tx = self.begin_write().await?;
-            let mut removed_total = 0;
-            // Chunks in sorted order, so concurrent acks lock messages in one global order.
-            for chunk in ids.chunks(ACK_CHUNK) {
-                Self::lock_messages(&mut *tx, chunk).await?;
-
-                let mut delete = QueryBuilder::new("DELETE FROM queue WHERE recipient = ");
-                delete.push_bind(user.as_str()).push(" AND msg_id IN (");
-                push_list(&mut delete, chunk);
-                delete.push(") RETURNING msg_id");
-                let removed: Vec<Vec<u8>> = delete.build_query_scalar().fetch_all(&mut *tx).await?;
-                if removed.is_empty() {
-                    continue;
-                }
-                removed_total += removed.len() as u64;
-
-                // Messages nobody else is waiting for go, and so do their images.
-                let removed: Vec<&[u8]> = removed.iter().map(Vec::as_slice).collect();
-                let mut delete = QueryBuilder::new("DELETE FROM messages WHERE id IN (");
-                push_list(&mut delete, &removed);
-                delete.push(
-                    ") AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.msg_id = messages.id) \
-                     RETURNING blob_id",
-                );
-                let blobs: Vec<Option<Vec<u8>>> =
-                    delete.build_query_scalar().fetch_all(&mut *tx).await?;
-                let blobs: Vec<&[u8]> = blobs.iter().flatten().map(Vec::as_slice).collect();
-                if blobs.is_empty() {
-                    continue;
-                }
-                // Chunks go by ON DELETE CASCADE; a blob another message still uses stays.
-                let mut delete = QueryBuilder::new("DELETE FROM blobs WHERE id IN (");
-                push_list(&mut delete, &blobs);
-                delete
-                    .push(") AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.blob_id = blobs.id)");
-                delete.build().execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(removed_total)
         }
 
         async fn queue_depth(&self, user: &UserName) -> Result<u64> {
