@@ -51,7 +51,7 @@ pub(crate) struct Node<S: Storage> {
     pub(crate) storage: Arc<S>,
     pub(crate) registry: Arc<registry::Registry>,
     pub(crate) auth: auth::Auth,
-    pub(crate) enqueuer: queue::Enqueuer,
+    pub(crate) writer: queue::Writer,
     /// The link to the master, if this node is part of a cluster.
     pub(crate) uplink: Option<master::Uplink>,
     /// Messages accepted since the last load report.
@@ -251,7 +251,7 @@ pub async fn start<S: Storage>(
     let uplink = config.master.as_ref().map(|_| uplink);
     let node = Arc::new(Node {
         auth: auth::Auth::new(&config),
-        enqueuer: queue::Enqueuer::spawn(
+        writer: queue::Writer::spawn(
             storage.clone(),
             registry.clone(),
             uplink.clone(),

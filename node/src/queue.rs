@@ -1,13 +1,15 @@
-//! Group commit for the message queues: every session hands its accepted envelopes to one
-//! writer task, which persists whatever has gathered as a single storage transaction, then
-//! answers each sender and pushes each fresh message to its online recipients in commit
-//! order. One round trip serves many messages, and a push never precedes durability.
+//! Group commit for the message queues: every session hands its accepted envelopes and its
+//! client's acknowledgements to one writer task, which persists whatever has gathered as a
+//! single storage transaction ([`Storage::commit`]), then answers each sender and pushes each
+//! fresh message to its online recipients in commit order. One commit serves many senders and
+//! receivers, and a push never precedes durability.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use quip_proto::ids::UserName;
-use quip_storage::{Enqueued, NewMessage, Storage};
+use quip_proto::ids::MsgId;
+use quip_storage::{Ack, Enqueued, NewMessage, Storage};
 use tokio::sync::{mpsc, oneshot};
 
 use quip_proto::relay::Relayed;
@@ -16,10 +18,22 @@ use quip_proto::{Sealed, WrappedKey};
 use crate::master::{Counter, ToMaster, Uplink};
 use crate::registry::{Outgoing, Registry};
 
-/// Most messages committed in one transaction.
+/// Most messages and acks committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// Messages waiting for the writer before senders wait.
+/// Messages and acks waiting for the writer before sessions wait.
 const BACKLOG: usize = 8192;
+
+/// Work for the writer.
+enum Op {
+    Enqueue(Job),
+    Ack(AckJob),
+}
+
+/// A client's acknowledgement, and the session to tell once it is committed.
+struct AckJob {
+    ack: Ack,
+    outbox: mpsc::Sender<Outgoing>,
+}
 
 /// One accepted envelope on its way to storage.
 pub(crate) struct Job {
@@ -33,11 +47,11 @@ pub(crate) struct Job {
 
 /// Handle for submitting jobs, in order.
 #[derive(Debug, Clone)]
-pub(crate) struct Enqueuer {
-    tx: mpsc::Sender<Job>,
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Op>,
 }
 
-impl Enqueuer {
+impl Writer {
     pub(crate) fn spawn<S: Storage>(
         storage: Arc<S>,
         registry: Arc<Registry>,
@@ -58,8 +72,24 @@ impl Enqueuer {
     }
 
     /// Queues a job. Jobs from one caller are committed and pushed in submission order.
-    pub(crate) async fn submit(&self, job: Job) -> Result<(), Job> {
-        self.tx.send(job).await.map_err(|e| e.0)
+    pub(crate) async fn submit(&self, job: Job) -> Result<(), ()> {
+        self.tx.send(Op::Enqueue(job)).await.map_err(drop)
+    }
+
+    /// Queues `user`'s acknowledgement; once it is committed, `outbox` hears `Acked` (so the
+    /// session stops treating those ids as written-but-unacknowledged). A failed commit only
+    /// leaves the messages queued, to be delivered again: the client drops repeats by id.
+    pub(crate) async fn ack(
+        &self,
+        user: UserName,
+        ids: Vec<MsgId>,
+        outbox: mpsc::Sender<Outgoing>,
+    ) -> Result<(), ()> {
+        let job = AckJob {
+            ack: Ack { user, ids },
+            outbox,
+        };
+        self.tx.send(Op::Ack(job)).await.map_err(drop)
     }
 }
 
@@ -101,9 +131,17 @@ impl Routes {
     }
 }
 
-async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver<Job>) {
+async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver<Op>) {
+    let mut ops = Vec::with_capacity(MAX_BATCH);
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+    let mut acks = Vec::new();
+    while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+        for op in ops.drain(..) {
+            match op {
+                Op::Enqueue(job) => jobs.push(job),
+                Op::Ack(ack) => acks.push(ack),
+            }
+        }
         let messages: Vec<NewMessage> = jobs
             .iter_mut()
             .map(|job| NewMessage {
@@ -112,12 +150,22 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
                 ..job.message.clone()
             })
             .collect();
-        let outcomes = match storage.enqueue(&messages).await {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        let acked: Vec<Ack> = acks.iter().map(|job| job.ack.clone()).collect();
+        let outcomes = match storage.commit(&messages, &acked).await {
+            Ok(committed) => {
+                for job in acks.drain(..) {
+                    // Never wait on the outbox: it is the queue deliveries fill, and a
+                    // session whose client reads slowly must not stall every other one.
+                    // A dropped note only leaves acked ids in the writer's skip set.
+                    let _ = job.outbox.try_send(Outgoing::Acked(job.ack.ids));
+                }
+                committed.enqueued.into_iter().map(Ok).collect()
+            }
             // The batch is all-or-nothing; one bad message must not fail its neighbours,
             // so retry each on its own and answer each with its own result.
-            Err(err) if messages.len() > 1 => {
-                tracing::warn!(error = %err, batch = messages.len(), "batch failed; retrying one by one");
+            Err(err) => {
+                tracing::warn!(error = %err, messages = messages.len(), acks = acks.len(), "commit failed; retrying one by one");
+                retry_acks(storage.as_ref(), &mut acks).await;
                 let mut each = Vec::with_capacity(messages.len());
                 for message in &messages {
                     each.push(match storage.enqueue(std::slice::from_ref(message)).await {
@@ -127,7 +175,6 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
                 }
                 each
             }
-            Err(err) => vec![Err(err.to_string())],
         };
         for ((job, outcome), message) in jobs.drain(..).zip(outcomes).zip(&messages) {
             if let Err(why) = &outcome {
@@ -137,6 +184,23 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
                 routes.route(&job, message);
             }
             let _ = job.done.send(outcome);
+        }
+    }
+}
+
+/// After a failed commit: the acks on their own, all together (they cannot fail on their
+/// content the way a message can, so one more try is enough).
+async fn retry_acks<S: Storage>(storage: &S, acks: &mut Vec<AckJob>) {
+    let all: Vec<Ack> = acks.iter().map(|job| job.ack.clone()).collect();
+    match storage.commit(&[], &all).await {
+        Ok(_) => {
+            for job in acks.drain(..) {
+                let _ = job.outbox.try_send(Outgoing::Acked(job.ack.ids));
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, acks = all.len(), "acknowledgements not committed; the messages stay queued");
+            acks.clear();
         }
     }
 }

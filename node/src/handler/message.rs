@@ -90,7 +90,7 @@ pub(crate) async fn send<S: Storage>(
     check_route(&node, &sender, &envelope, Carrier::Control).await?;
     let stored = submit(&node, &sender, envelope, None).await?;
     // Answer from a task so the session keeps reading while the batch commits; the order of
-    // storage and pushes is fixed by the enqueuer already.
+    // storage and pushes is fixed by the writer already.
     let outbox = session.outbox.clone();
     tokio::spawn(async move {
         if let Ok(bytes) = quip_proto::frame::encode(&stored.answer(req).await) {
@@ -100,7 +100,7 @@ pub(crate) async fn send<S: Storage>(
     Ok(())
 }
 
-/// A message handed to the enqueuer, waiting for its commit.
+/// A message handed to the writer, waiting for its commit.
 pub(crate) struct Pending {
     id: MsgId,
     done: oneshot::Receiver<Result<Enqueued, String>>,
@@ -124,7 +124,7 @@ impl Pending {
     }
 }
 
-/// Hands a checked envelope to the enqueuer: stored once, queued for every recipient but the
+/// Hands a checked envelope to the writer: stored once, queued for every recipient but the
 /// sender, pushed to those online after the commit.
 pub(crate) async fn submit<S: Storage>(
     node: &Node<S>,
@@ -154,7 +154,7 @@ pub(crate) async fn submit<S: Storage>(
         prefixes,
         done,
     };
-    if node.enqueuer.submit(job).await.is_err() {
+    if node.writer.submit(job).await.is_err() {
         return Err(Refusal::new(ErrorCode::Busy, "node is shutting down"));
     }
     Ok(Pending { id, done: stored })
@@ -168,17 +168,13 @@ pub(crate) async fn ack<S: Storage>(session: &Session<S>, ids: Vec<MsgId>) -> Re
             format!("at most {MAX_ACK} ids per ack"),
         ));
     }
+    // Committed with whatever else gathers meanwhile; the session reads on.
     session
         .node
-        .storage
-        .ack(user, &ids)
+        .writer
+        .ack(user.clone(), ids, session.outbox.clone())
         .await
-        .map_err(Refusal::internal)?;
-    // Never wait on the outbox here: it is the queue deliveries fill, and a client that
-    // acks faster than we write would otherwise deadlock with us (found by bench drain).
-    // A dropped note only leaves acked ids in the writer's skip set, which is harmless.
-    let _ = session.outbox.try_send(Outgoing::Acked(ids));
-    Ok(())
+        .map_err(|()| Refusal::new(ErrorCode::Busy, "node is shutting down"))
 }
 
 /// Pushes everything waiting in `user`'s queue, oldest first, into the session's outbox.
