@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +36,25 @@ pub(crate) struct NodeLink {
     pub(crate) conn: quinn::Connection,
     /// Encoded `MasterToNode` frames for its control stream.
     pub(crate) outbox: mpsc::Sender<Bytes>,
+    /// Relays and announcements dropped because `outbox` was full, not yet reported to the
+    /// node (the writer reports them with `Missed` once the queue has room again).
+    pub(crate) missed: Arc<AtomicU64>,
+}
+
+impl NodeLink {
+    /// Queues a relayed frame without waiting: a node that reads too slowly must not hold up
+    /// the node sending to it. A dropped frame is counted; storage holds the message.
+    fn relay(&self, frame: Bytes, node: &NodeName) {
+        match self.outbox.try_send(frame) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.missed.fetch_add(1, Ordering::AcqRel) == 0 {
+                    tracing::warn!(to = %node, "relay queue of the node is full; dropping relays until it catches up, then it re-reads storage");
+                }
+            }
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
 }
 
 impl Outbox for NodeLink {
@@ -84,10 +104,12 @@ pub(crate) async fn serve(
         return;
     };
     let (outbox, rx) = mpsc::channel(master.config.relay_queue);
-    let writer = tokio::spawn(write_loop(send, rx));
+    let missed = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(write_loop(send, rx, missed.clone()));
     let link = NodeLink {
         conn: conn.clone(),
         outbox,
+        missed,
     };
     let registered = tokio::time::timeout(
         REGISTER_TIMEOUT,
@@ -297,14 +319,8 @@ impl NodeSession {
                     continue;
                 }
             };
-            match link.outbox.try_send(frame) {
-                Ok(()) => tracing::trace!(%msg, to = %node, "relayed"),
-                Err(TrySendError::Full(_)) => tracing::warn!(
-                    %msg, to = %node,
-                    "relay queue of the node is full; dropped (storage holds the message)"
-                ),
-                Err(TrySendError::Closed(_)) => {}
-            }
+            tracing::trace!(%msg, to = %node, "relaying");
+            link.relay(frame, &node);
         }
         Ok(())
     }
@@ -339,14 +355,8 @@ impl NodeSession {
                     continue;
                 }
             };
-            match link.outbox.try_send(frame) {
-                Ok(()) => tracing::trace!(%group, epoch, to = %node, "announced"),
-                Err(TrySendError::Full(_)) => tracing::warn!(
-                    %group, epoch, to = %node,
-                    "relay queue of the node is full; announcement dropped (clients re-verify the chain)"
-                ),
-                Err(TrySendError::Closed(_)) => {}
-            }
+            tracing::trace!(%group, epoch, to = %node, "announcing");
+            link.relay(frame, &node);
         }
         Ok(())
     }
@@ -449,10 +459,32 @@ fn kind(msg: &NodeToMaster) -> &'static str {
 
 /// Owns the control stream's sending half: writes queued frames in order, then finishes the
 /// stream once every sender is gone and waits briefly for the node to receive the rest.
-async fn write_loop(mut send: FramedSend, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop(mut send: FramedSend, mut rx: mpsc::Receiver<Bytes>, missed: Arc<AtomicU64>) {
     while let Some(frame) = rx.recv().await {
         if send.stream().write_chunk(frame).await.is_err() {
             return;
+        }
+        // Frames were dropped while the queue was full: once it is half empty again (the node
+        // caught up), tell the node to re-read its users' queues from storage.
+        if rx.len() <= rx.max_capacity() / 2 {
+            let frames = missed.swap(0, Ordering::AcqRel);
+            if frames > 0 {
+                tracing::info!(
+                    frames,
+                    "node caught up; told it to re-read the relays it missed from storage"
+                );
+                let Ok(resync) = frame::encode(&MasterToNode::Missed { frames }) else {
+                    continue;
+                };
+                if send
+                    .stream()
+                    .write_chunk(Bytes::from(resync))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
         }
     }
     if send.finish().is_ok() {

@@ -227,3 +227,53 @@ async fn an_image_larger_than_announced_is_cut_off() {
     );
     assert!(received <= 80, "nothing beyond the announced length passed");
 }
+
+#[tokio::test]
+async fn relays_dropped_for_a_slow_node_are_reported_once_it_catches_up() {
+    // A tiny relay queue, and relays far bigger than node-b's stream window, so that node-b,
+    // not reading, soon has its queue full.
+    let master = TestMaster::start_with(|c| {
+        c.dead_after = Duration::from_secs(60);
+        c.relay_queue = 4;
+    })
+    .await;
+    let mut a = master.node("node-a", &["alice"]).await;
+    let mut b = master.node("node-b", &["ulla"]).await;
+    const SENT: u64 = 100;
+    for tag in 0..SENT {
+        let mut msg = relayed("alice", &["ulla"], text(), tag as u8);
+        msg.sealed.ciphertext = vec![1; 60 * 1024];
+        a.send(NodeToMaster::Relay(msg)).await;
+    }
+    a.sync().await;
+
+    // node-b now reads: relays and, once its queue has room again, one report of how many it
+    // missed. A few relays still queued may follow the report; a marker relay, sent once the
+    // report is in (so there is room for it), comes after them.
+    let (mut relays, mut missed) = (0, Vec::new());
+    loop {
+        match b.recv().await {
+            Some(MasterToNode::Relay(r)) if r.sealed.header.id.0[0] == 200 => break,
+            Some(MasterToNode::Relay(_)) => relays += 1,
+            Some(MasterToNode::Missed { frames }) => {
+                missed.push(frames);
+                a.send(NodeToMaster::Relay(relayed(
+                    "alice",
+                    &["ulla"],
+                    text(),
+                    200,
+                )))
+                .await;
+            }
+            other => panic!("expected relays and Missed, got {other:?}"),
+        }
+    }
+    assert_eq!(missed.len(), 1, "one report: {missed:?}");
+    assert!(missed[0] > 0, "the queue of 4 overflowed");
+    assert_eq!(
+        relays + missed[0],
+        SENT,
+        "every relay arrived or was counted as missed"
+    );
+    b.expect_nothing().await;
+}

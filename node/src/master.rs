@@ -245,6 +245,10 @@ async fn serve<S: Storage>(
                     offline.iter().for_each(|u| { elsewhere.remove(u); });
                     elsewhere.extend(online);
                 }
+                Ok(Some(MasterToNode::Missed { frames })) => {
+                    tracing::warn!(frames, "the master dropped relays for us; every session re-reads its queue");
+                    node.registry.wake_all();
+                }
                 Ok(Some(MasterToNode::Registered { .. })) => {}
                 Ok(None) => return Err("the master closed the link".into()),
                 Err(err) => return Err(err.to_string()),
@@ -278,6 +282,7 @@ fn kind(msg: &MasterToNode) -> &'static str {
         MasterToNode::Error { .. } => "Error",
         MasterToNode::Announce { .. } => "Announce",
         MasterToNode::Presence { .. } => "Presence",
+        MasterToNode::Missed { .. } => "Missed",
     }
 }
 

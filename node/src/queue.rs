@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quip_proto::ids::UserName;
 use quip_proto::ids::MsgId;
+use quip_proto::ids::UserName;
 use quip_storage::{Ack, Enqueued, NewMessage, Storage};
 use tokio::sync::{mpsc, oneshot};
 

@@ -92,7 +92,8 @@ impl Registry {
         map.keys().cloned().collect()
     }
 
-    /// Makes every session re-read its queue (after the master was unreachable).
+    /// Makes every session re-read its queue (after the master was unreachable, or dropped
+    /// relays for us).
     pub(crate) fn wake_all(&self) {
         let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         for session in map.values().flatten() {

@@ -114,6 +114,13 @@ pub enum MasterToNode {
         #[cfg_attr(test, proptest(strategy = "crate::testing::user_names(3)"))]
         offline: Vec<UserName>,
     },
+    /// The master dropped this many relays and announcements for this node because its queue
+    /// was full (the node read too slowly). The messages are in storage: the node re-reads
+    /// the queue of everyone connected to it.
+    Missed {
+        /// How many frames were dropped.
+        frames: u64,
+    },
 }
 
 /// A node as the master sees it.

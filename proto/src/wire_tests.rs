@@ -312,6 +312,7 @@ fn master_to_node() -> Vec<MasterToNode> {
             online: vec![alice()],
             offline: vec![bob()],
         },
+        MasterToNode::Missed { frames: 300 },
     ]
 }
 
