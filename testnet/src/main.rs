@@ -1,6 +1,7 @@
 //! `quip-testnet`: parses flags and runs a local network (`up`), a fault drill (`drill`) or a
 //! benchmark (`bench`).
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// Runs a local Quip network, benchmarks and fault drills.
@@ -39,6 +40,13 @@ enum Command {
         /// Smaller sizes, for a quick check.
         #[arg(long)]
         quick: bool,
+        /// Also rewrite the results table in this README (between its bench markers) from
+        /// this run's headline figures.
+        #[arg(long, value_name = "README")]
+        readme: Option<std::path::PathBuf>,
+        /// Run nothing: take the reports from this file (saved with --json) instead.
+        #[arg(long, value_name = "JSON")]
+        from: Option<std::path::PathBuf>,
     },
 }
 
@@ -154,16 +162,30 @@ async fn main() -> anyhow::Result<()> {
             secs,
             database_url,
             quick,
+            readme,
+            from,
         } => {
             let opts = quip_testnet::bench::Options {
                 secs: secs.clamp(0.5, 600.0),
                 database_url,
                 quick,
             };
-            print!(
-                "{}",
-                quip_testnet::bench::run(&scenario, &opts, json).await?
-            );
+            let reports = match from {
+                Some(path) => quip_testnet::bench::load(
+                    &std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                )?,
+                None => quip_testnet::bench::run(&scenario, &opts).await?,
+            };
+            print!("{}", quip_testnet::bench::render(&reports, json)?);
+            if let Some(path) = readme {
+                use quip_testnet::bench::readme;
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                std::fs::write(&path, readme::splice(&text, &readme::table(&reports))?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("results table in {} updated", path.display());
+            }
         }
     }
     Ok(())

@@ -9,7 +9,8 @@ mod group;
 mod idle;
 mod image;
 mod login;
-pub(crate) mod report;
+pub mod readme;
+pub mod report;
 pub(crate) mod support;
 mod text;
 
@@ -27,34 +28,55 @@ pub struct Options {
 /// Every scenario by name.
 pub const SCENARIOS: &[&str] = &["image", "group", "crypto", "login", "drain", "dm", "idle"];
 
-/// Runs one scenario, or every one in turn for `all`; returns the tables, or JSON with
-/// `json` (an array for `all`).
-pub async fn run(scenario: &str, opts: &Options, json: bool) -> anyhow::Result<String> {
+/// Runs one scenario, or every one in turn for `all`.
+///
+/// `all` runs every scenario on SQLite; given a Postgres URL it then runs `dm` once more on
+/// Postgres (reported as `dm postgres`), so one run covers both backends where they differ.
+pub async fn run(scenario: &str, opts: &Options) -> anyhow::Result<Vec<report::Report>> {
     // The child processes `idle` starts (not scenarios of their own).
     if [idle::BARE_CHILD, idle::NODE_CHILD].contains(&scenario) {
         idle::child(scenario).await?;
-        return Ok(String::new());
+        return Ok(Vec::new());
     }
-    if scenario == "all" {
-        let mut reports = Vec::with_capacity(SCENARIOS.len());
-        for name in SCENARIOS {
-            reports.push(one(name, opts).await?);
-        }
-        return Ok(if json {
-            serde_json::to_string_pretty(&reports)? + "\n"
-        } else {
-            reports
-                .iter()
-                .map(report::Report::table)
-                .collect::<Vec<_>>()
-                .join("\n")
-        });
+    if scenario != "all" {
+        return Ok(vec![one(scenario, opts).await?]);
     }
-    let report = one(scenario, opts).await?;
-    Ok(if json {
-        serde_json::to_string_pretty(&report)? + "\n"
+    let embedded = Options {
+        database_url: None,
+        ..opts.clone()
+    };
+    let mut reports = Vec::with_capacity(SCENARIOS.len() + 1);
+    for name in SCENARIOS {
+        reports.push(one(name, &embedded).await?);
+    }
+    if opts.database_url.is_some() {
+        let mut postgres = one("dm", opts).await?;
+        postgres.scenario = "dm postgres".into();
+        reports.push(postgres);
+    }
+    Ok(reports)
+}
+
+/// Reports as tables, or as JSON (an array when there are several).
+pub fn render(reports: &[report::Report], json: bool) -> anyhow::Result<String> {
+    Ok(match (json, reports) {
+        (true, [one]) => serde_json::to_string_pretty(one)? + "\n",
+        (true, _) => serde_json::to_string_pretty(reports)? + "\n",
+        (false, _) => reports
+            .iter()
+            .map(report::Report::table)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })
+}
+
+/// Reads reports saved with `--json` (one or an array).
+pub fn load(json: &str) -> anyhow::Result<Vec<report::Report>> {
+    let value: serde_json::Value = serde_json::from_str(json)?;
+    Ok(if value.is_array() {
+        serde_json::from_value(value)?
     } else {
-        report.table()
+        vec![serde_json::from_value(value)?]
     })
 }
 

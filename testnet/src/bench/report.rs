@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -33,8 +33,8 @@ impl Latency {
 }
 
 /// One row of a benchmark's output.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Row {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
     pub(crate) case: String,
     pub(crate) metric: String,
     pub(crate) value: f64,
@@ -61,8 +61,8 @@ impl Row {
 }
 
 /// A scenario's result.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Report {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
     pub(crate) scenario: String,
     pub(crate) machine: String,
     pub(crate) rows: Vec<Row>,
