@@ -31,7 +31,7 @@ use quip_quic::Trust;
 use super::Options;
 use super::baseline::{Path, Schedule, Step};
 use super::report::{Latency, Report, Row};
-use super::support::{random, resume_on, storage_note};
+use super::support::{random, resume_on, storage_note, vacuum_postgres};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::fixtures::{BenchNode, BenchUser, envelope, users};
 
@@ -319,6 +319,7 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
         (32, LADDER, opts.secs)
     };
     // Same node.
+    vacuum_postgres(opts.database_url.as_deref()).await?;
     let node = BenchNode::start(opts.database_url.as_deref()).await?;
     let people = users(&node.storage, "dm", 2 * pairs).await?;
     // The bare baselines move frames as large as Quip's `Send`.
@@ -342,6 +343,7 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     let bare_echo = climb(ladder, secs, echo).await;
 
     // Cross node, through the master.
+    vacuum_postgres(opts.database_url.as_deref()).await?;
     let mut cluster = Cluster::start(ClusterConfig {
         database_url: opts.database_url.clone(),
         ..ClusterConfig::for_tests(2)
