@@ -61,6 +61,8 @@ pub(crate) struct Node<S: Storage> {
     pub(crate) known_users: std::sync::Mutex<std::collections::HashSet<quip_proto::ids::UserName>>,
     /// Users connected to other nodes, as the master reports them.
     pub(crate) elsewhere: std::sync::Mutex<std::collections::HashSet<quip_proto::ids::UserName>>,
+    /// Open client connections, logged in or not.
+    pub(crate) active: Arc<AtomicUsize>,
 }
 
 /// Most names kept in [`Node::known_users`] before it starts over.
@@ -249,7 +251,9 @@ pub async fn start<S: Storage>(
     let accepted = Arc::new(master::Counter::default());
     let (uplink, uplink_rx, connected) = master::uplink();
     let uplink = config.master.as_ref().map(|_| uplink);
+    let active = Arc::new(AtomicUsize::new(0));
     let node = Arc::new(Node {
+        active: active.clone(),
         auth: auth::Auth::new(&config),
         writer: queue::Writer::spawn(
             storage.clone(),
@@ -278,7 +282,6 @@ pub async fn start<S: Storage>(
             stop.clone(),
         ));
     }
-    let active = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(accept_loop(node, endpoint.clone(), stop, active.clone()));
     tracing::info!(%addr, "node listening");
     Ok(NodeHandle {

@@ -269,7 +269,11 @@ async fn send_to(send: &mut FramedSend, msg: &NodeToMaster) -> Result<(), String
 fn load<S: Storage>(node: &Node<S>) -> Load {
     Load {
         clients: node.registry.online_users() as u32,
-        pending: 0,
+        // Connections not (yet) logged in: handshaking, signing up, or waiting on bcrypt.
+        pending: node
+            .active
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(node.registry.sessions()) as u32,
         msgs_per_sec: node.accepted.per_second(),
         max_clients: node.config.max_connections as u32,
     }

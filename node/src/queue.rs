@@ -4,6 +4,7 @@
 //! fresh message to its online recipients in commit order. One commit serves many senders and
 //! receivers, and a push never precedes durability.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,6 +23,12 @@ use crate::registry::{Outgoing, Registry};
 const MAX_BATCH: usize = 512;
 /// Messages and acks waiting for the writer before sessions wait.
 const BACKLOG: usize = 8192;
+/// Most acknowledged ids one commit removes (a single larger ack still goes alone). Deleting
+/// is the slow half of a commit — on Postgres about 20 µs per queue row and again per message
+/// — and messages in the same commit wait for it. `bench dm` on Postgres, same node: with
+/// no budget, commits of up to 30,000 ids and p99 < 50 ms only up to 3,000 msg/s; with 256,
+/// p99 34 ms at 10,000 msg/s.
+const ACK_BUDGET: usize = 256;
 
 /// Work for the writer.
 enum Op {
@@ -135,12 +142,32 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
     let mut ops = Vec::with_capacity(MAX_BATCH);
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut acks = Vec::new();
-    while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+    // Acks beyond one commit's budget, oldest first: they wait for the next round, so a burst
+    // of acknowledgements never holds fresh messages back for long.
+    let mut waiting: VecDeque<AckJob> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            if rx.recv_many(&mut ops, MAX_BATCH).await == 0 {
+                break;
+            }
+        } else {
+            while ops.len() < MAX_BATCH {
+                let Ok(op) = rx.try_recv() else { break };
+                ops.push(op);
+            }
+        }
         for op in ops.drain(..) {
             match op {
                 Op::Enqueue(job) => jobs.push(job),
-                Op::Ack(ack) => acks.push(ack),
+                Op::Ack(ack) => waiting.push_back(ack),
             }
+        }
+        let mut budget = ACK_BUDGET;
+        while let Some(job) = waiting.front()
+            && (acks.is_empty() || job.ack.ids.len() <= budget)
+        {
+            budget = budget.saturating_sub(job.ack.ids.len());
+            acks.extend(waiting.pop_front());
         }
         let messages: Vec<NewMessage> = jobs
             .iter_mut()

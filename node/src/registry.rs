@@ -107,6 +107,12 @@ impl Registry {
         map.contains_key(user)
     }
 
+    /// Logged-in sessions (a user may have several).
+    pub(crate) fn sessions(&self) -> usize {
+        let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().map(Vec::len).sum()
+    }
+
     pub(crate) fn online_users(&self) -> usize {
         self.sessions
             .lock()
