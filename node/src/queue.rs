@@ -142,7 +142,9 @@ impl Routes {
 async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver<Op>) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    let mut acks = Vec::new();
+    // This round's acks, and beside each the session to tell once it is committed.
+    let mut acks: Vec<Ack> = Vec::new();
+    let mut outboxes: Vec<mpsc::Sender<Outgoing>> = Vec::new();
     // Acks beyond one commit's budget, oldest first: they wait for the next round, so a burst
     // of acknowledgements never holds fresh messages back for long.
     let mut waiting: VecDeque<AckJob> = VecDeque::new();
@@ -167,11 +169,13 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
         // memory they hold stays bounded) instead of piling up behind a fixed budget.
         let behind: usize = waiting.iter().map(|job| job.ack.ids.len()).sum();
         let mut budget = ACK_BUDGET.max(behind / 4);
-        while let Some(job) = waiting.front()
-            && (acks.is_empty() || job.ack.ids.len() <= budget)
+        while let Some(front) = waiting.front()
+            && (acks.is_empty() || front.ack.ids.len() <= budget)
+            && let Some(job) = waiting.pop_front()
         {
             budget = budget.saturating_sub(job.ack.ids.len());
-            acks.extend(waiting.pop_front());
+            acks.push(job.ack);
+            outboxes.push(job.outbox);
         }
         let messages: Vec<NewMessage> = jobs
             .iter_mut()
@@ -181,22 +185,24 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
                 ..job.message.clone()
             })
             .collect();
-        let acked: Vec<Ack> = acks.iter().map(|job| job.ack.clone()).collect();
-        let outcomes = match storage.commit(&messages, &acked).await {
+        let outcomes = match storage.commit(&messages, &acks).await {
             Ok(committed) => {
-                for job in acks.drain(..) {
-                    // Never wait on the outbox: it is the queue deliveries fill, and a
-                    // session whose client reads slowly must not stall every other one.
-                    // A dropped note only leaves acked ids in the writer's skip set.
-                    let _ = job.outbox.try_send(Outgoing::Acked(job.ack.ids));
-                }
+                confirm(&mut acks, &mut outboxes);
                 committed.enqueued.into_iter().map(Ok).collect()
             }
             // The batch is all-or-nothing; one bad message must not fail its neighbours,
-            // so retry each on its own and answer each with its own result.
+            // so retry each on its own and answer each with its own result. The acks cannot
+            // fail on their content the way a message can: one more try, all together.
             Err(err) => {
                 tracing::warn!(error = %err, messages = messages.len(), acks = acks.len(), "commit failed; retrying one by one");
-                retry_acks(storage.as_ref(), &mut acks).await;
+                match storage.commit(&[], &acks).await {
+                    Ok(_) => confirm(&mut acks, &mut outboxes),
+                    Err(err) => {
+                        tracing::error!(error = %err, acks = acks.len(), "acknowledgements not committed; the messages stay queued");
+                        acks.clear();
+                        outboxes.clear();
+                    }
+                }
                 let mut each = Vec::with_capacity(messages.len());
                 for message in &messages {
                     each.push(match storage.enqueue(std::slice::from_ref(message)).await {
@@ -219,19 +225,12 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
     }
 }
 
-/// After a failed commit: the acks on their own, all together (they cannot fail on their
-/// content the way a message can, so one more try is enough).
-async fn retry_acks<S: Storage>(storage: &S, acks: &mut Vec<AckJob>) {
-    let all: Vec<Ack> = acks.iter().map(|job| job.ack.clone()).collect();
-    match storage.commit(&[], &all).await {
-        Ok(_) => {
-            for job in acks.drain(..) {
-                let _ = job.outbox.try_send(Outgoing::Acked(job.ack.ids));
-            }
-        }
-        Err(err) => {
-            tracing::error!(error = %err, acks = all.len(), "acknowledgements not committed; the messages stay queued");
-            acks.clear();
-        }
+/// Tells each session that its acknowledgement is committed, emptying both lists.
+fn confirm(acks: &mut Vec<Ack>, outboxes: &mut Vec<mpsc::Sender<Outgoing>>) {
+    for (ack, outbox) in acks.drain(..).zip(outboxes.drain(..)) {
+        // Never wait on the outbox: it is the queue deliveries fill, and a session whose
+        // client reads slowly must not stall every other one. A dropped note only leaves
+        // acked ids in the writer's skip set.
+        let _ = outbox.try_send(Outgoing::Acked(ack.ids));
     }
 }

@@ -8,9 +8,7 @@ use std::time::Instant;
 use quip_cli::{Connection, Event};
 use quip_node::{NodeConfig, NodeHandle};
 use quip_proto::ids::{MsgId, SessionToken, UserName};
-use quip_proto::{
-    ClientToNode, ContentKind, Conversation, Envelope, Header, NodeToClient, Sealed, WrappedKey,
-};
+use quip_proto::{ClientToNode, ContentKind, Conversation, Envelope, Header, Sealed, WrappedKey};
 use quip_quic::Trust;
 use quip_storage::Store;
 
@@ -53,20 +51,7 @@ impl BenchNode {
 
     /// A logged-in connection for `user` (resuming its session: no bcrypt).
     pub(crate) async fn connect(&self, user: &BenchUser) -> anyhow::Result<Connection> {
-        let conn = Connection::connect(
-            self.handle.local_addr(),
-            quip_quic::names::NODE,
-            &self.trust,
-        )
-        .await?;
-        let token = user.token.clone();
-        match conn
-            .request(|req| ClientToNode::Resume { req, token })
-            .await?
-        {
-            NodeToClient::LoggedIn { .. } => Ok(conn),
-            other => anyhow::bail!("resume answered {other:?}"),
-        }
+        crate::bench::support::resume_on(self.handle.local_addr(), &self.trust, user).await
     }
 }
 
@@ -131,6 +116,17 @@ pub(crate) fn envelope(
         },
         keys,
     }
+}
+
+/// A 120-byte text from `from` to `to`, as [`envelope`] builds it.
+pub(crate) fn dm_envelope(from: &BenchUser, to: &BenchUser) -> Envelope {
+    envelope(
+        &from.name,
+        Conversation::Direct(to.name.clone()),
+        ContentKind::Text,
+        std::slice::from_ref(&to.name),
+        120,
+    )
 }
 
 /// Reads deliveries on `conn` until `expected` arrived or the deadline passes, acknowledging

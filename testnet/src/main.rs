@@ -34,7 +34,8 @@ enum Command {
         /// Seconds per measured phase.
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
-        /// Postgres URL (default: SQLite in a temp directory).
+        /// Postgres URL (default: SQLite in a temp directory). With `all`, every scenario runs
+        /// on SQLite and `dm` runs once more on Postgres.
         #[arg(long, env = "QUIP_DATABASE_URL")]
         database_url: Option<String>,
         /// Smaller sizes, for a quick check.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use quip_cli::{Connection, Event};
 use quip_proto::ids::MsgId;
-use quip_proto::{ClientToNode, ContentKind, Conversation, Envelope, NodeToClient};
+use quip_proto::{ClientToNode, NodeToClient};
 use quip_quic::Trust;
 
 use super::Options;
@@ -33,7 +33,7 @@ use super::baseline::{Path, Schedule, Step};
 use super::report::{Latency, Report, Row};
 use super::support::{random, resume_on, storage_note, vacuum_postgres};
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::fixtures::{BenchNode, BenchUser, envelope, users};
+use crate::fixtures::{BenchNode, BenchUser, dm_envelope, users};
 
 /// How long after a step's last due time a message may still arrive before it counts as lost.
 const GRACE: Duration = Duration::from_secs(5);
@@ -246,16 +246,6 @@ impl Pairs {
             }
         }
     }
-}
-
-fn dm_envelope(from: &BenchUser, to: &BenchUser) -> Envelope {
-    envelope(
-        &from.name,
-        Conversation::Direct(to.name.clone()),
-        ContentKind::Text,
-        std::slice::from_ref(&to.name),
-        120,
-    )
 }
 
 /// What a ladder drives.

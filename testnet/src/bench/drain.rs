@@ -16,13 +16,12 @@
 
 use std::time::{Duration, Instant};
 
-use quip_proto::{ContentKind, Conversation};
 use quip_storage::{NewMessage, Storage};
 
 use super::Options;
 use super::report::{Report, Row};
 use super::support::storage_note;
-use crate::fixtures::{BenchNode, envelope, msg_id, users};
+use crate::fixtures::{BenchNode, dm_envelope, msg_id, users};
 
 /// Ids per acknowledgement while draining.
 const ACK_BATCH: usize = 512;
@@ -35,13 +34,7 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     let node = BenchNode::start(opts.database_url.as_deref()).await?;
     let people = users(&node.storage, "drain", 2).await?;
     let (from, to) = (&people[0], &people[1]);
-    let template = envelope(
-        &from.name,
-        Conversation::Direct(to.name.clone()),
-        ContentKind::Text,
-        std::slice::from_ref(&to.name),
-        120,
-    );
+    let template = dm_envelope(from, to);
     let key = template
         .keys
         .iter()

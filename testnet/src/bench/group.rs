@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quip_proto::ids::{GroupId, GroupName, MsgId};
-use quip_proto::{ClientToNode, ContentKind, Conversation};
+use quip_proto::ids::{GroupId, GroupName, MsgId, UserName};
+use quip_proto::{ClientToNode, ContentKind, Conversation, Envelope};
 use quip_storage::{NewGroup, NewMessage, Storage};
 
 use super::Options;
@@ -143,16 +143,7 @@ async fn fan_out(opts: &Options, members: usize, messages: usize) -> anyhow::Res
     }
     let conn = node.connect(sender).await?;
     let names: Vec<_> = rest.iter().map(|u| u.name.clone()).collect();
-    let template = envelope(
-        &sender.name,
-        Conversation::Group {
-            id: group,
-            epoch: 0,
-        },
-        ContentKind::Text,
-        &names,
-        120,
-    );
+    let template = group_text(&sender.name, group, &names);
     let frame = 4 + 3 + template.keys[0].wrapped.len() + postcard_len(&template);
     // Pipelined, like the baseline: every message is submitted without waiting for the
     // previous one's `Stored`.
@@ -220,16 +211,7 @@ async fn storage_share(
     let mut commits = Vec::with_capacity(3);
     let mut ids = Vec::with_capacity(3);
     for _ in 0..3 {
-        let extra = envelope(
-            &sender.name,
-            Conversation::Group {
-                id: group,
-                epoch: 0,
-            },
-            ContentKind::Text,
-            &names,
-            120,
-        );
+        let extra = group_text(&sender.name, group, &names);
         let message = NewMessage {
             id: extra.sealed.header.id,
             sealed: quip_proto::frame::encode(&extra.sealed)?[4..].to_vec(),
@@ -256,4 +238,18 @@ async fn storage_share(
 
 fn postcard_len(envelope: &quip_proto::Envelope) -> usize {
     quip_proto::frame::encode(&envelope.sealed).map_or(0, |f| f.len() - 4)
+}
+
+/// A 120-byte text from `sender` to the group's first epoch.
+fn group_text(sender: &UserName, group: GroupId, members: &[UserName]) -> Envelope {
+    envelope(
+        sender,
+        Conversation::Group {
+            id: group,
+            epoch: 0,
+        },
+        ContentKind::Text,
+        members,
+        120,
+    )
 }

@@ -65,22 +65,10 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
 
     let (n, p) = (node.clone(), people.clone());
     let resumes = churn(clients, secs, max * 100, move |i| {
-        let (node, token) = (n.clone(), p[i].token.clone());
+        let (node, people) = (n.clone(), p.clone());
         async move {
-            let conn = quip_cli::Connection::connect(
-                node.handle.local_addr(),
-                quip_quic::names::NODE,
-                &node.trust,
-            )
-            .await?;
-            let answer = conn
-                .request(|req| ClientToNode::Resume { req, token })
-                .await?;
+            let conn = node.connect(&people[i]).await?;
             tokio::spawn(conn.close());
-            anyhow::ensure!(
-                matches!(answer, NodeToClient::LoggedIn { .. }),
-                "resume answered {answer:?}"
-            );
             Ok(())
         }
     })

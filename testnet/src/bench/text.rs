@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quip_cli::Connection;
+use quip_proto::ClientToNode;
 use quip_proto::ids::MsgId;
-use quip_proto::{ClientToNode, ContentKind, Conversation};
 
-use crate::fixtures::{BenchUser, envelope, msg_id, receive};
+use crate::fixtures::{BenchUser, dm_envelope, msg_id, receive};
 
 /// What one run of the load produced.
 pub(crate) struct TextRun {
@@ -30,13 +30,7 @@ pub(crate) async fn run(
 ) -> TextRun {
     let count = (f64::from(rate) * secs) as usize;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let template = envelope(
-        &from.name,
-        Conversation::Direct(to.name.clone()),
-        ContentKind::Text,
-        std::slice::from_ref(&to.name),
-        120,
-    );
+    let template = dm_envelope(from, to);
     let intended: Arc<Mutex<HashMap<MsgId, Instant>>> = Arc::default();
     let start = Instant::now() + Duration::from_millis(20);
     let schedule = intended.clone();
