@@ -268,7 +268,7 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
             | ErrorCode::Throttled
             | ErrorCode::UserExists
             | ErrorCode::SessionExpired => 3,
-            ErrorCode::NoService | ErrorCode::Busy => 4,
+            ErrorCode::NoService | ErrorCode::Busy | ErrorCode::RateLimited => 4,
             _ => 6,
         },
         Some(

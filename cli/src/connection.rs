@@ -46,12 +46,14 @@ pub enum ConnectError {
     #[error("{0}")]
     Version(String),
     /// The node refused the request.
-    #[error("{message}")]
+    #[error("{message}{}", retry_hint(*retry_after_ms))]
     Refused {
         /// Stable code.
         code: ErrorCode,
         /// The node's explanation.
         message: String,
+        /// When waiting helps: milliseconds until a retry can succeed.
+        retry_after_ms: Option<u32>,
     },
     /// The connection broke.
     #[error("connection lost: {0}")]
@@ -67,6 +69,14 @@ pub enum ConnectError {
 impl From<FrameError> for ConnectError {
     fn from(err: FrameError) -> Self {
         Self::Lost(err.to_string())
+    }
+}
+
+/// " (try again in 3 s)" after a refusal that says when a retry can succeed.
+fn retry_hint(retry_after_ms: Option<u32>) -> String {
+    match retry_after_ms {
+        Some(ms) => format!(" (try again in {} s)", ms.div_ceil(1000).max(1)),
+        None => String::new(),
     }
 }
 
@@ -200,9 +210,16 @@ impl Connection {
             .insert(req, tx);
         self.send(&build(req)).await?;
         match rx.await {
-            Ok(NodeToClient::Error { code, message, .. }) => {
-                Err(ConnectError::Refused { code, message })
-            }
+            Ok(NodeToClient::Error {
+                code,
+                message,
+                retry_after_ms,
+                ..
+            }) => Err(ConnectError::Refused {
+                code,
+                message,
+                retry_after_ms,
+            }),
             Ok(answer) => Ok(answer),
             Err(_) => Err(ConnectError::Lost(self.close_reason())),
         }
@@ -232,9 +249,16 @@ impl Connection {
         .await;
         // The node may refuse mid-way (too large): its answer says why.
         match recv.expect::<NodeToClient>().await {
-            Ok(NodeToClient::Error { code, message, .. }) => {
-                Err(ConnectError::Refused { code, message })
-            }
+            Ok(NodeToClient::Error {
+                code,
+                message,
+                retry_after_ms,
+                ..
+            }) => Err(ConnectError::Refused {
+                code,
+                message,
+                retry_after_ms,
+            }),
             Ok(answer) => sent.map(|()| answer),
             Err(err) => Err(sent.err().unwrap_or(err.into())),
         }
@@ -375,7 +399,15 @@ pub async fn discover(
             Ok((node, addr))
         }
         MasterToClient::NoService => Err(ConnectError::NoService),
-        MasterToClient::Error { code, message } => Err(ConnectError::Refused { code, message }),
+        MasterToClient::Error {
+            code,
+            message,
+            retry_after_ms,
+        } => Err(ConnectError::Refused {
+            code,
+            message,
+            retry_after_ms,
+        }),
         MasterToClient::Status(_) => Err(ConnectError::Unexpected("a status table")),
     }
 }

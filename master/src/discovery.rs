@@ -50,6 +50,7 @@ pub(crate) async fn serve(
                     .send(&MasterToClient::Error {
                         code: ErrorCode::Malformed,
                         message: err.to_string(),
+                        retry_after_ms: None,
                     })
                     .await;
                 session::flush_then_close(&conn, send, close::PROTOCOL, "malformed frame").await;
@@ -80,8 +81,9 @@ fn answer(
     if !bucket.take(master.config.discovery_per_conn, now) || !master.limiter.allow(ip, now) {
         tracing::debug!("discovery rate limit; busy");
         return MasterToClient::Error {
-            code: ErrorCode::Busy,
+            code: ErrorCode::RateLimited,
             message: "too many discovery requests; slow down and retry".into(),
+            retry_after_ms: Some(1000),
         };
     }
     match request {

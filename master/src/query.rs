@@ -58,7 +58,7 @@ pub async fn query_status(
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     match asked? {
         MasterToClient::Status(nodes) => Ok(nodes),
-        MasterToClient::Error { code, message } => Err(MasterError::Refused { code, message }),
+        MasterToClient::Error { code, message, .. } => Err(MasterError::Refused { code, message }),
         other => Err(MasterError::Unexpected(format!("{other:?}"))),
     }
 }

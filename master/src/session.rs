@@ -80,6 +80,7 @@ pub(crate) async fn wrong_service(conn: quinn::Connection) {
     tracing::info!("a client spoke the node protocol to the master; closing");
     let _ = send
         .send(&NodeToClient::Error {
+            retry_after_ms: None,
             req: None,
             code: ErrorCode::WrongService,
             message: WRONG_SERVICE_REASON.into(),

@@ -182,7 +182,8 @@ async fn a_flooding_connection_gets_busy_while_other_clients_are_answered() {
         match flood.ask(ClientToMaster::Discover).await {
             MasterToClient::Node { .. } => {}
             MasterToClient::Error {
-                code: ErrorCode::Busy,
+                code: ErrorCode::RateLimited,
+                retry_after_ms: Some(_),
                 ..
             } => busy += 1,
             other => panic!("unexpected {other:?}"),
@@ -218,7 +219,8 @@ async fn an_address_over_its_limit_is_busy_across_connections() {
             matches!(
                 a,
                 MasterToClient::Error {
-                    code: ErrorCode::Busy,
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms: Some(_),
                     ..
                 }
             )

@@ -36,6 +36,8 @@ pub(crate) mod close {
 pub(crate) struct Refusal {
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
+    /// When waiting helps: how long until a retry can succeed.
+    pub(crate) retry_after: Option<Duration>,
 }
 
 impl Refusal {
@@ -43,6 +45,25 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A refusal that tells the client when to try again (rate limits, throttling).
+    pub(crate) fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// The error frame answering `req` (the retry time in milliseconds, saturating).
+    pub(crate) fn into_error(self, req: Option<ReqId>) -> NodeToClient {
+        NodeToClient::Error {
+            req,
+            code: self.code,
+            message: self.message,
+            retry_after_ms: self
+                .retry_after
+                .map(|d| u32::try_from(d.as_millis().max(1)).unwrap_or(u32::MAX)),
         }
     }
 
@@ -86,12 +107,7 @@ impl<S: Storage> Session<S> {
     }
 
     pub(crate) async fn refuse(&self, req: Option<ReqId>, refusal: Refusal) {
-        self.send(&NodeToClient::Error {
-            req,
-            code: refusal.code,
-            message: refusal.message,
-        })
-        .await;
+        self.send(&refusal.into_error(req)).await;
     }
 
     pub(crate) fn user(&self) -> Result<&UserName, Refusal> {

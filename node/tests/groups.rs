@@ -154,7 +154,7 @@ async fn refused(client: &Client, change: quip_proto::SignedChange) -> (ErrorCod
         .request(|req| ClientToNode::ChangeGroup { req, change })
         .await
     {
-        Err(quip_cli::ConnectError::Refused { code, message }) => (code, message),
+        Err(quip_cli::ConnectError::Refused { code, message, .. }) => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

@@ -270,6 +270,8 @@ pub enum NodeToClient {
         /// Human-readable explanation.
         #[cfg_attr(test, proptest(strategy = "crate::testing::text(24)"))]
         message: String,
+        /// When waiting helps (rate limits, throttling): milliseconds until a retry can succeed.
+        retry_after_ms: Option<u32>,
     },
     /// The node is draining: reconnect through discovery after the given delay.
     Reconnect {

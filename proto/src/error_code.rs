@@ -63,4 +63,9 @@ pub enum ErrorCode {
     NotRegistered,
     /// The signed change is invalid (bad signature, bad chain link, wrong author).
     InvalidChange,
+    /// Too many requests, connections or signups from this client or address; the error's
+    /// `retry_after_ms` says when to try again.
+    RateLimited,
+    /// A quota is full (the recipient's queue, or what one sender may queue for them).
+    QuotaExceeded,
 }

@@ -45,7 +45,7 @@ pub use relay::{ClientToMaster, MasterToClient, MasterToNode, NodeToMaster};
 pub use stream::{Chunk, StreamOpen};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// ALPN of the client ↔ node protocol.
 pub const ALPN_CLIENT: &[u8] = b"quip/1";
 /// ALPN of the node ↔ master protocol (mutual TLS).

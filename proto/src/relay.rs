@@ -173,5 +173,7 @@ pub enum MasterToClient {
         /// Explanation.
         #[cfg_attr(test, proptest(strategy = "crate::testing::text(24)"))]
         message: String,
+        /// When waiting helps (rate limits): milliseconds until a retry can succeed.
+        retry_after_ms: Option<u32>,
     },
 }

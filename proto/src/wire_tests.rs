@@ -266,6 +266,13 @@ fn node_to_client() -> Vec<NodeToClient> {
             req: Some(9),
             code: ErrorCode::NotAdmin,
             message: "Only admin can add/remove partipants".into(),
+            retry_after_ms: None,
+        },
+        Error {
+            req: Some(10),
+            code: ErrorCode::RateLimited,
+            message: "too many requests".into(),
+            retry_after_ms: Some(1500),
         },
         Reconnect {
             after_ms: 250,
@@ -337,6 +344,7 @@ fn master_to_client() -> Vec<MasterToClient> {
         MasterToClient::Error {
             code: ErrorCode::WrongService,
             message: "this is a master".into(),
+            retry_after_ms: None,
         },
     ]
 }

@@ -108,13 +108,7 @@ pub(crate) async fn login<S: Storage>(
     let node = session.node.clone();
     let addr = session.remote.ip();
     if let Some(wait) = node.auth.throttle.blocked_for(&user, addr) {
-        return Err(Refusal::new(
-            ErrorCode::Throttled,
-            format!(
-                "too many failed logins; try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        ));
+        return Err(Refusal::new(ErrorCode::Throttled, "too many failed logins").retry_after(wait));
     }
     let record = node.storage.user(&user).await.map_err(Refusal::internal)?;
     let hash = record.as_ref().map(|r| r.password_hash.clone());

@@ -59,11 +59,7 @@ pub(crate) async fn serve_stream<S: Storage>(
         Ok(stored) => stored,
         Err(refusal) => {
             let _ = recv.stream().stop(STREAM_REFUSED.into());
-            NodeToClient::Error {
-                req,
-                code: refusal.code,
-                message: refusal.message,
-            }
+            refusal.into_error(req)
         }
     };
     if send.send(&answer).await.is_ok() {

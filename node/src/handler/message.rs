@@ -119,6 +119,7 @@ impl Pending {
                 req: Some(req),
                 code: ErrorCode::Internal,
                 message: "could not store the message; it was not accepted, send it again".into(),
+                retry_after_ms: None,
             },
         }
     }
