@@ -72,6 +72,16 @@ impl From<FrameError> for ConnectError {
     }
 }
 
+/// The reason the peer gave for closing `conn`, if it closed it.
+fn closed_why(conn: &quinn::Connection) -> Option<String> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            Some(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        other => Some(other.to_string()),
+    }
+}
+
 /// " (try again in 3 s)" after a refusal that says when a retry can succeed.
 fn retry_hint(retry_after_ms: Option<u32>) -> String {
     match retry_after_ms {
@@ -156,7 +166,16 @@ impl Connection {
                 return Err(unreachable(err.to_string()));
             }
         };
-        let (send, mut recv, hello) = quip_quic::open_control(&conn, AGENT, MAX_FRAME).await?;
+        let (send, mut recv, hello) = match quip_quic::open_control(&conn, AGENT, MAX_FRAME).await {
+            Ok(opened) => opened,
+            // A node that refuses us at once (too many connections from this address) says
+            // why in its close reason.
+            Err(err) => {
+                return Err(ConnectError::Lost(
+                    closed_why(&conn).unwrap_or(err.to_string()),
+                ));
+            }
+        };
         hello.check_version().map_err(ConnectError::Version)?;
         let pending = Pending::default();
         let (tx, events) = mpsc::channel(EVENTS);
@@ -311,9 +330,7 @@ impl Connection {
     }
 
     fn close_reason(&self) -> String {
-        self.conn
-            .close_reason()
-            .map_or_else(|| "the connection closed".to_owned(), |r| r.to_string())
+        closed_why(&self.conn).unwrap_or_else(|| "the connection closed".to_owned())
     }
 
     /// Closes the connection and waits until the node has been told.

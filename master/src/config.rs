@@ -6,14 +6,7 @@ use std::time::Duration;
 
 use crate::MasterError;
 
-/// A token bucket: `per_second` tokens refill continuously up to `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Sustained requests per second.
-    pub per_second: u32,
-    /// Requests allowed at once after a quiet period.
-    pub burst: u32,
-}
+pub use quip_quic::RateLimit;
 
 /// How a master runs.
 #[derive(Debug, Clone)]

@@ -56,6 +56,25 @@ pub struct NodeConfig {
     pub master: Option<crate::MasterLink>,
     /// The address clients are told to use (default: the bound address).
     pub advertise: Option<SocketAddr>,
+    /// Most open connections from one client address (a NAT shares one address; raise it
+    /// for large ones).
+    pub max_connections_per_addr: usize,
+    /// Most sessions one account may have open on this node at once.
+    pub max_sessions_per_user: usize,
+    /// A connection that has not logged in this long after its hello is closed.
+    pub login_timeout: Duration,
+    /// How long one frame may take from its first byte to its last before the connection is
+    /// closed (a peer cannot hold a half-sent frame open).
+    pub frame_deadline: Duration,
+    /// An image upload that sends nothing for this long is abandoned and its blob deleted.
+    pub upload_idle: Duration,
+    /// Requests per connection before login (signup, login, resume, ping).
+    pub requests_before_login: quip_quic::RateLimit,
+    /// Requests per connection once logged in (sends, acks and the rest together).
+    pub requests_after_login: quip_quic::RateLimit,
+    /// Bytes of deliveries and answers waiting for one slow client before its pushes are
+    /// dropped (it re-reads them from storage once it catches up).
+    pub outbox_bytes: usize,
 }
 
 impl NodeConfig {
@@ -77,6 +96,20 @@ impl NodeConfig {
             throttle_window: Duration::from_secs(600),
             master: None,
             advertise: None,
+            max_connections_per_addr: 100,
+            max_sessions_per_user: 8,
+            login_timeout: Duration::from_secs(30),
+            frame_deadline: Duration::from_secs(30),
+            upload_idle: Duration::from_secs(30),
+            requests_before_login: quip_quic::RateLimit {
+                per_second: 2,
+                burst: 10,
+            },
+            requests_after_login: quip_quic::RateLimit {
+                per_second: 5_000,
+                burst: 20_000,
+            },
+            outbox_bytes: 2 * 1024 * 1024,
         }
     }
 }

@@ -63,6 +63,10 @@ pub(crate) struct Node<S: Storage> {
     pub(crate) elsewhere: std::sync::Mutex<std::collections::HashSet<quip_proto::ids::UserName>>,
     /// Open client connections, logged in or not.
     pub(crate) active: Arc<AtomicUsize>,
+    /// Open connections per client address.
+    pub(crate) per_addr: quip_quic::PerAddress,
+    /// Transport limits of a logged-in client connection (a new one starts smaller).
+    pub(crate) limits: Limits,
 }
 
 /// Most names kept in [`Node::known_users`] before it starts over.
@@ -184,6 +188,11 @@ impl NodeHandle {
         self.registry.online_users()
     }
 
+    /// Bytes of answers and deliveries waiting for slow clients, over all sessions.
+    pub fn buffered_bytes(&self) -> usize {
+        self.registry.buffered()
+    }
+
     /// Graceful stop: refuse new connections, tell every client to reconnect elsewhere, wait
     /// for them (up to the drain timeout), close.
     pub async fn shutdown(self) {
@@ -235,7 +244,14 @@ pub async fn start<S: Storage>(
 ) -> Result<NodeHandle, NodeError> {
     let (certified, ca_cert) = identity(&config)?;
     let limits = Limits::client();
-    let server = quip_quic::server_config(&certified, &[quip_proto::ALPN_CLIENT], None, &limits)?;
+    // Until it logs in, a connection has its control stream only and a small receive window:
+    // a client that never logs in can make the node buffer almost nothing.
+    let prelogin = Limits {
+        max_bi_streams: 1,
+        conn_window: session::PRELOGIN_WINDOW,
+        ..limits.clone()
+    };
+    let server = quip_quic::server_config(&certified, &[quip_proto::ALPN_CLIENT], None, &prelogin)?;
     let endpoint =
         quip_quic::server_endpoint(config.listen, server, &limits).map_err(|source| {
             NodeError::Bind {
@@ -267,6 +283,8 @@ pub async fn start<S: Storage>(
         accepted,
         known_users: Default::default(),
         elsewhere: Default::default(),
+        per_addr: quip_quic::PerAddress::new(config.max_connections_per_addr),
+        limits,
         config,
     });
     let (shutdown, stop) = watch::channel(false);
@@ -359,11 +377,12 @@ async fn accept_loop<S: Storage>(
         }
         active.fetch_add(1, Ordering::Relaxed);
         let guard = Active(active.clone());
+        let seat = node.per_addr.enter(incoming.remote_address().ip());
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let (node, stop) = (node.clone(), stop.clone());
         sessions.spawn(async move {
             let _guard = guard;
-            session::serve(node, incoming, id, stop).await;
+            session::serve(node, incoming, id, seat, stop).await;
         });
         // Reap finished sessions so the set does not grow with history.
         while sessions.try_join_next().is_some() {}

@@ -17,7 +17,7 @@ use quip_proto::relay::Relayed;
 use quip_proto::{Sealed, WrappedKey};
 
 use crate::master::{Counter, ToMaster, Uplink};
-use crate::registry::{Outgoing, Registry};
+use crate::registry::{Outbox, Outgoing, Registry};
 
 /// Most messages and acks committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -40,7 +40,7 @@ enum Op {
 /// A client's acknowledgement, and the session to tell once it is committed.
 struct AckJob {
     ack: Ack,
-    outbox: mpsc::Sender<Outgoing>,
+    outbox: Outbox,
 }
 
 /// One accepted envelope on its way to storage.
@@ -91,7 +91,7 @@ impl Writer {
         &self,
         user: UserName,
         ids: Vec<MsgId>,
-        outbox: mpsc::Sender<Outgoing>,
+        outbox: Outbox,
     ) -> Result<(), ()> {
         let job = AckJob {
             ack: Ack { user, ids },
@@ -144,7 +144,7 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     // This round's acks, and beside each the session to tell once it is committed.
     let mut acks: Vec<Ack> = Vec::new();
-    let mut outboxes: Vec<mpsc::Sender<Outgoing>> = Vec::new();
+    let mut outboxes: Vec<Outbox> = Vec::new();
     // Acks beyond one commit's budget, oldest first: they wait for the next round, so a burst
     // of acknowledgements never holds fresh messages back for long.
     let mut waiting: VecDeque<AckJob> = VecDeque::new();
@@ -226,11 +226,11 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
 }
 
 /// Tells each session that its acknowledgement is committed, emptying both lists.
-fn confirm(acks: &mut Vec<Ack>, outboxes: &mut Vec<mpsc::Sender<Outgoing>>) {
+fn confirm(acks: &mut Vec<Ack>, outboxes: &mut Vec<Outbox>) {
     for (ack, outbox) in acks.drain(..).zip(outboxes.drain(..)) {
         // Never wait on the outbox: it is the queue deliveries fill, and a session whose
         // client reads slowly must not stall every other one. A dropped note only leaves
         // acked ids in the writer's skip set.
-        let _ = outbox.try_send(Outgoing::Acked(ack.ids));
+        outbox.note(Outgoing::Acked(ack.ids));
     }
 }

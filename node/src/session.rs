@@ -5,19 +5,20 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quip_proto::ids::{MsgId, SessionToken, UserName};
 use quip_proto::limits::MAX_FRAME;
 use quip_proto::{ClientToNode, ErrorCode, NodeToClient, ReqId, frame};
-use quip_quic::{FrameError, FramedSend};
+use quip_quic::{Budget, FrameError, FramedSend};
 use quip_storage::Storage;
 use tokio::sync::{Notify, mpsc, watch};
+
 use tracing::Instrument;
 
 use crate::Node;
-use crate::registry::{Outgoing, SessionRef};
+use crate::registry::{Outbox, Outgoing, Queued, SessionRef};
 
 /// Frames waiting to be written to one client before its producers wait (answers) or mark
 /// it lagged (pushes).
@@ -90,9 +91,12 @@ pub(crate) struct Session<S: Storage> {
     pub(crate) conn_id: u64,
     pub(crate) remote: SocketAddr,
     pub(crate) login: Option<Login>,
-    pub(crate) outbox: mpsc::Sender<Outgoing>,
+    pub(crate) outbox: Outbox,
     pub(crate) lagged: Arc<AtomicBool>,
     pub(crate) wake: Arc<Notify>,
+    /// The drain re-reading this session's queue, if one runs (never two at once: each holds
+    /// a page of messages).
+    pub(crate) drain: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<S: Storage> Session<S> {
@@ -126,14 +130,19 @@ impl<S: Storage> Session<S> {
         }
     }
 
-    /// Re-reads the user's queue into the outbox (at login, and after lagging).
-    pub(crate) fn spawn_drain(&self) {
+    /// Re-reads the user's queue into the outbox (at login, and after lagging). If a drain
+    /// is already running, the session is marked lagged and drains again when it ends.
+    pub(crate) fn spawn_drain(&mut self) {
+        if self.drain.as_ref().is_some_and(|d| !d.is_finished()) {
+            self.lagged.store(true, Ordering::Release);
+            return;
+        }
         if let Some(login) = &self.login {
-            tokio::spawn(crate::handler::message::drain(
+            self.drain = Some(tokio::spawn(crate::handler::message::drain(
                 self.node.clone(),
                 login.user.clone(),
                 self.outbox.clone(),
-            ));
+            )));
         }
     }
 
@@ -166,11 +175,20 @@ fn request_id(msg: &ClientToNode) -> Option<ReqId> {
     }
 }
 
+/// Largest frame a client may send before it has logged in (a signup with the largest keys
+/// and backup fits several times over).
+pub(crate) const PRELOGIN_FRAME: usize = 32 * 1024;
+/// Bytes a client that has not logged in can make the node buffer on its connection.
+pub(crate) const PRELOGIN_WINDOW: u32 = 64 * 1024;
+
 /// Serves one connection until the client leaves, breaks the protocol, or the node drains.
+/// `seat` is the connection's place in its address's allowance; `None` means the address is
+/// over it, and the connection is closed with the reason once the handshake is done.
 pub(crate) async fn serve<S: Storage>(
     node: Arc<Node<S>>,
     incoming: quinn::Incoming,
     conn_id: u64,
+    seat: Option<quip_quic::Seat>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let remote = incoming.remote_address();
@@ -183,10 +201,22 @@ pub(crate) async fn serve<S: Storage>(
                 return;
             }
         };
-        let Some((send, mut recv, _)) = quip_quic::accept_control(&conn, crate::AGENT, MAX_FRAME).await else {
+        let Some(_seat) = seat else {
+            tracing::info!("too many connections from this address; refusing");
+            let reason = format!(
+                "too many connections from your address (at most {}); close one, or try again in 10 s",
+                node.config.max_connections_per_addr
+            );
+            conn.close(quip_quic::close::LIMIT.into(), reason.as_bytes());
             return;
         };
-        let (outbox, rx) = mpsc::channel(OUTBOX);
+        let Some((send, recv, _)) =
+            quip_quic::accept_control(&conn, crate::AGENT, PRELOGIN_FRAME).await
+        else {
+            return;
+        };
+        let mut recv = recv.with_frame_deadline(node.config.frame_deadline);
+        let (outbox, rx) = Outbox::new(OUTBOX, node.config.outbox_bytes);
         let writer = tokio::spawn(write_loop(send, rx));
         let mut session = Session {
             node: node.clone(),
@@ -197,14 +227,49 @@ pub(crate) async fn serve<S: Storage>(
             outbox,
             lagged: Arc::default(),
             wake: Arc::default(),
+            drain: None,
         };
         let wake = session.wake.clone();
+        let mut budget = Budget::new(node.config.requests_before_login);
+        // While set, the client spent its budget: nothing is read until then.
+        let mut paused: Option<Instant> = None;
+        // While set, the client must log in by then.
+        let mut login_by = Some(Instant::now() + node.config.login_timeout);
         loop {
             tokio::select! {
-                frame = recv.recv::<ClientToNode>() => match frame {
+                frame = recv.recv::<ClientToNode>(), if paused.is_none() => match frame {
                     Ok(Some(msg)) => {
                         tracing::trace!(kind = msg.kind(), "request");
+                        if let Err(wait) = budget.spend() {
+                            tracing::debug!(?wait, "request budget spent");
+                            if let Some(req) = request_id(&msg) {
+                                let refusal = Refusal::new(
+                                    ErrorCode::RateLimited,
+                                    "too many requests on this connection",
+                                );
+                                session.refuse(Some(req), refusal.retry_after(wait)).await;
+                            }
+                            paused = Some(Instant::now() + wait);
+                            continue;
+                        }
+                        let was_in = session.login.is_some();
                         session.handle(msg).await;
+                        match (was_in, session.login.is_some()) {
+                            (false, true) => {
+                                login_by = None;
+                                budget = Budget::new(node.config.requests_after_login);
+                                // Only now may the client open image streams and send
+                                // full-size frames.
+                                let limits = &node.limits;
+                                conn.set_max_concurrent_bi_streams(limits.max_bi_streams.into());
+                                conn.set_receive_window(limits.conn_window.into());
+                                recv.set_max(MAX_FRAME);
+                            }
+                            (true, false) => {
+                                login_by = Some(Instant::now() + node.config.login_timeout);
+                            }
+                            _ => {}
+                        }
                     }
                     Ok(None) => break,
                     Err(FrameError::Decode(err)) => {
@@ -214,16 +279,49 @@ pub(crate) async fn serve<S: Storage>(
                         conn.close(close::PROTOCOL.into(), b"malformed frame");
                         break;
                     }
-                    Err(_) => break,
-                },
-                stream = conn.accept_bi() => match stream {
-                    Ok((send, recv)) => {
-                        let user = session.login.as_ref().map(|l| l.user.clone());
-                        tokio::spawn(crate::handler::image::serve_stream(node.clone(), user, send, recv));
+                    Err(FrameError::Stalled(limit)) => {
+                        tracing::info!(?limit, "client stalled inside a frame; closing");
+                        let reason = format!("a frame took longer than {} s", limit.as_secs());
+                        conn.close(quip_quic::close::TIMEOUT.into(), reason.as_bytes());
+                        break;
                     }
                     Err(_) => break,
                 },
+                () = sleep_until(paused), if paused.is_some() => paused = None,
+                () = sleep_until(login_by), if login_by.is_some() => {
+                    tracing::info!("no login in time; closing");
+                    let reason = format!(
+                        "not logged in within {} s; reconnect when ready",
+                        node.config.login_timeout.as_secs()
+                    );
+                    conn.close(quip_quic::close::TIMEOUT.into(), reason.as_bytes());
+                    break;
+                }
+                stream = conn.accept_bi() => match stream {
+                    Ok((mut send, mut recv)) => match &session.login {
+                        Some(login) => {
+                            tokio::spawn(crate::handler::image::serve_stream(
+                                node.clone(),
+                                login.user.clone(),
+                                send,
+                                recv,
+                            ));
+                        }
+                        None => {
+                            // Never read before login: not even the stream's first frame.
+                            let _ = recv.stop(crate::handler::image::STREAM_REFUSED.into());
+                            let _ = send.reset(crate::handler::image::STREAM_REFUSED.into());
+                        }
+                    },
+                    Err(_) => break,
+                },
                 _ = wake.notified() => {
+                    if session.drain.is_none() && session.lagged.swap(false, Ordering::AcqRel) {
+                        session.spawn_drain();
+                    }
+                }
+                _ = drain_ended(&mut session.drain), if session.drain.is_some() => {
+                    session.drain = None;
                     if session.lagged.swap(false, Ordering::AcqRel) {
                         session.spawn_drain();
                     }
@@ -246,11 +344,29 @@ pub(crate) async fn serve<S: Storage>(
             }
             tracing::info!(user = %login.user, "logged out");
         }
+        if let Some(drain) = session.drain.take() {
+            drain.abort();
+        }
         drop(session);
         let _ = writer.await;
     }
     .instrument(span)
     .await
+}
+
+/// Waits for the running drain to end.
+async fn drain_ended(drain: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = drain {
+        let _ = task.await;
+    }
+}
+
+/// Sleeps until `at` (forever if `None`; the branch using it is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Spreads reconnects of a draining node's clients over half a second.
@@ -261,10 +377,11 @@ fn jitter_ms(conn_id: u64) -> u32 {
 /// Owns the sending half: writes answers and pushes in order, and skips a delivery it has
 /// already written and the client has not acknowledged (a drain and a live push can both
 /// carry the same message).
-async fn write_loop(mut send: FramedSend, mut rx: mpsc::Receiver<Outgoing>) {
+async fn write_loop(mut send: FramedSend, mut rx: mpsc::Receiver<Queued>) {
     let mut unacked: HashSet<MsgId> = HashSet::new();
-    while let Some(item) = rx.recv().await {
-        let written = match item {
+    // Each item's share of the byte budget is released once it is written (dropped).
+    while let Some(queued) = rx.recv().await {
+        let written = match queued.item {
             Outgoing::Frame(bytes) => send.stream().write_chunk(bytes).await,
             Outgoing::Deliver { id, prefix, sealed } => {
                 if !unacked.insert(id) {

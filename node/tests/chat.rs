@@ -422,9 +422,10 @@ async fn malformed_frame_does_not_hurt_others(backend: Backend) {
     let mut alice = node.signup(&a, home.path()).await;
     let mut bob = node.signup(&b, home.path()).await;
 
-    // A hostile peer: correct handshake, then garbage and an oversized length prefix.
-    let conn = node.connect().await;
-    let quic = conn.quic().clone();
+    // A hostile user: logged in (a connection that has not logged in gets no extra stream),
+    // then garbage and an oversized length prefix on new streams.
+    let mallory = node.signup(&unique("mallory"), home.path()).await;
+    let quic = mallory.connection().quic().clone();
     let (mut send, _recv) = quic.open_bi().await.unwrap();
     send.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
         .await
@@ -434,7 +435,7 @@ async fn malformed_frame_does_not_hurt_others(backend: Backend) {
         .write_all(&[0, 0, 0, 3, 0xde, 0xad, 0xbe])
         .await
         .unwrap();
-    drop(conn);
+    drop(mallory);
 
     alice.send_text(&b, "unaffected").await.unwrap();
     assert_eq!(next_message(&mut bob).await.text, "unaffected");

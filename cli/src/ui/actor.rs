@@ -91,7 +91,9 @@ pub(crate) async fn run(
         else {
             continue;
         };
-        let connection = match conn.take() {
+        // The node closes a connection that has not logged in within its deadline (the user
+        // may have taken a while to type): connect again then.
+        let connection = match conn.take().filter(|c| c.quic().close_reason().is_none()) {
             Some(c) => c,
             None => match target.connect().await {
                 Ok(c) => c,

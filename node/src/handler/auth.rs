@@ -133,19 +133,38 @@ async fn start_session<S: Storage>(
     backup: Vec<u8>,
 ) -> Result<(), Refusal> {
     let node = session.node.clone();
+    let seat = seat(&node, &user)?;
     let token = new_token();
     let expires_at = now_ms() + node.config.token_ttl.as_millis() as i64;
     node.storage
         .create_session(&token_hash(&token), &user, expires_at)
         .await
         .map_err(Refusal::internal)?;
-    enter(session, req, user, token, expires_at, backup).await;
+    enter(session, seat, req, user, token, expires_at, backup).await;
     Ok(())
+}
+
+/// A place for one more session of `user` on this node, or a refusal naming the limit.
+fn seat<'a, S: Storage>(
+    node: &'a crate::Node<S>,
+    user: &UserName,
+) -> Result<crate::registry::Seat<'a>, Refusal> {
+    let max = node.config.max_sessions_per_user;
+    node.registry.reserve(user, max).map_err(|full| {
+        Refusal::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "{user} already has {} sessions on this node (at most {max}); log out of one first",
+                full.0
+            ),
+        )
+    })
 }
 
 /// Answers `LoggedIn`, registers the session and starts delivering its queue.
 async fn enter<S: Storage>(
     session: &mut Session<S>,
+    seat: crate::registry::Seat<'_>,
     req: ReqId,
     user: UserName,
     token: SessionToken,
@@ -163,7 +182,7 @@ async fn enter<S: Storage>(
             node: node.config.name.clone(),
         })
         .await;
-    if node.registry.insert(&user, session.session_ref()) {
+    if node.registry.insert(seat, session.session_ref()) {
         node.presence(&user, true);
     }
     tracing::info!(%user, "logged in");
@@ -190,8 +209,10 @@ pub(crate) async fn resume<S: Storage>(
         ));
     };
     // A resuming client still holds its keys: no backup, and no account read.
+    let seat = seat(&node, &found.user)?;
     enter(
         session,
+        seat,
         req,
         found.user,
         token,

@@ -19,38 +19,36 @@ use super::now_ms;
 use crate::Node;
 use crate::session::{Refusal, Session};
 
-/// QUIC error code for a stream the node stops (over the limit, malformed).
-const STREAM_REFUSED: u32 = 1;
+/// QUIC error code for a stream the node stops (over the limit, malformed, before login).
+pub(crate) const STREAM_REFUSED: u32 = 1;
 
-/// Serves one stream the client opened (an image upload).
+/// Serves one stream a logged-in client opened (an image upload).
 pub(crate) async fn serve_stream<S: Storage>(
     node: Arc<Node<S>>,
-    user: Option<UserName>,
+    user: UserName,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
     let mut send = FramedSend::new(send);
-    let mut recv = FramedRecv::new(recv, MAX_FRAME);
-    let (req, answer) = match (user, recv.expect::<StreamOpen>().await) {
-        (Some(user), Ok(StreamOpen::ImageUpload { req, envelope })) => {
+    let mut recv = FramedRecv::new(recv, MAX_FRAME).with_frame_deadline(node.config.frame_deadline);
+    let first = tokio::time::timeout(node.config.upload_idle, recv.expect::<StreamOpen>()).await;
+    let (req, answer) = match first {
+        Ok(Ok(StreamOpen::ImageUpload { req, envelope })) => {
             let result = match upload(&node, &user, envelope, &mut recv).await {
                 Ok(pending) => Ok(pending.answer(req).await),
                 Err(refusal) => Err(refusal),
             };
             (Some(req), result)
         }
-        (None, _) => (
-            None,
-            Err(Refusal::new(ErrorCode::Unauthenticated, "log in first")),
-        ),
-        (_, Ok(_)) => (
+        Err(_idle) => (None, Err(idle(node.config.upload_idle))),
+        Ok(Ok(_)) => (
             None,
             Err(Refusal::new(
                 ErrorCode::Malformed,
                 "clients open image uploads only",
             )),
         ),
-        (_, Err(err)) => (
+        Ok(Err(err)) => (
             None,
             Err(Refusal::new(ErrorCode::Malformed, err.to_string())),
         ),
@@ -112,6 +110,17 @@ async fn upload<S: Storage>(
     submit(node, user, envelope, Some(blob)).await
 }
 
+/// An upload that sent nothing for `limit`: abandoned.
+fn idle(limit: std::time::Duration) -> Refusal {
+    Refusal::new(
+        ErrorCode::Malformed,
+        format!(
+            "the upload sent nothing for {} s; it was dropped, send the image again",
+            limit.as_secs()
+        ),
+    )
+}
+
 /// Streams chunks into the blob, enforcing the announced length while the bytes arrive.
 async fn receive<S: Storage>(
     node: &Node<S>,
@@ -122,7 +131,11 @@ async fn receive<S: Storage>(
     let mut total: u64 = 0;
     let mut index: u32 = 0;
     loop {
-        let chunk = match recv.recv::<Chunk>().await {
+        let next = tokio::time::timeout(node.config.upload_idle, recv.recv::<Chunk>()).await;
+        let Ok(next) = next else {
+            return Err(idle(node.config.upload_idle));
+        };
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(FrameError::Decode(err)) => {

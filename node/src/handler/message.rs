@@ -10,16 +10,18 @@ use quip_proto::client::deliver_prefix;
 use quip_proto::ids::{BlobId, MsgId, UserName};
 use quip_proto::{ContentKind, Conversation, Envelope, ErrorCode, NodeToClient, ReqId};
 use quip_storage::{Enqueued, NewMessage, Storage};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::now_ms;
 use crate::Node;
 use crate::queue::Job;
-use crate::registry::Outgoing;
+use crate::registry::{Outbox, Outgoing};
 use crate::session::{Refusal, Session};
 
 /// Messages read from storage per page when draining a queue.
 const DRAIN_PAGE: u32 = 512;
+/// Fewest rows a drain reads at once (the first page, and pages of very large messages).
+const DRAIN_MIN_PAGE: usize = 8;
 /// Most ids in one acknowledgement.
 const MAX_ACK: usize = 4096;
 
@@ -179,23 +181,33 @@ pub(crate) async fn ack<S: Storage>(session: &Session<S>, ids: Vec<MsgId>) -> Re
 }
 
 /// Pushes everything waiting in `user`'s queue, oldest first, into the session's outbox.
-pub(crate) async fn drain<S: Storage>(
-    node: Arc<Node<S>>,
-    user: UserName,
-    outbox: mpsc::Sender<Outgoing>,
-) {
-    let mut after = 0;
+///
+/// Memory stays within about twice the outbox's byte budget whatever the queue holds: each
+/// page is read only once the outbox has room for half a budget, and pages are sized (from
+/// the rows seen so far) to about half a budget of bytes.
+pub(crate) async fn drain<S: Storage>(node: Arc<Node<S>>, user: UserName, outbox: Outbox) {
+    let half = outbox.budget() / 2;
+    let (mut after, mut rows, mut bytes) = (0, 0usize, 0usize);
     loop {
-        let page = match node.storage.pending(&user, after, DRAIN_PAGE).await {
+        let page_rows = match bytes.checked_div(rows) {
+            Some(avg) => (half / avg.max(1)).clamp(DRAIN_MIN_PAGE, DRAIN_PAGE as usize) as u32,
+            None => DRAIN_MIN_PAGE as u32,
+        };
+        if outbox.room_for(half).await.is_err() {
+            return;
+        }
+        let page = match node.storage.pending(&user, after, page_rows).await {
             Ok(page) => page,
             Err(err) => {
                 tracing::error!(error = %err, %user, "cannot read queue");
                 return;
             }
         };
-        let full = page.len() == DRAIN_PAGE as usize;
+        let full = page.len() == page_rows as usize;
         for queued in page {
             after = queued.seq;
+            rows += 1;
+            bytes += queued.sealed.len() + queued.key.len();
             let Ok(prefix) = deliver_prefix(&queued.key, queued.sealed.len()) else {
                 tracing::error!(id = %queued.id, "stored message does not fit a frame");
                 continue;

@@ -56,4 +56,7 @@ pub enum FrameError {
     /// The stream was already finished.
     #[error("stream already closed")]
     Closed,
+    /// The peer started a frame and did not finish it within the stream's frame deadline.
+    #[error("the peer stalled inside a frame for more than {0:?}")]
+    Stalled(std::time::Duration),
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use quip_proto::frame::{self, PREFIX_LEN};
 use quip_proto::{DecodeError, StreamOpen};
@@ -67,16 +68,26 @@ impl FramedSend {
 
 /// The receiving half of a stream, reading whole frames. Cancel-safe: a `recv` dropped
 /// mid-frame (say, in a `select!`) keeps what it read, and the next call continues the frame.
+///
+/// Memory follows the bytes that actually arrived, never the length a peer announces: the
+/// body grows chunk by chunk as quinn hands them over (at most twice what was received), so
+/// a prefix announcing a megabyte costs nothing until the megabyte is sent. With a frame
+/// deadline set, a peer that starts a frame and stalls gets [`FrameError::Stalled`].
 #[derive(Debug)]
 pub struct FramedRecv {
     inner: quinn::RecvStream,
     max: usize,
     prefix: [u8; PREFIX_LEN],
-    /// Bytes of the current frame read so far (prefix and body).
+    /// Prefix bytes of the current frame read so far.
     have: usize,
     /// The current frame's body length, once its prefix is complete.
     want: Option<usize>,
+    /// The body bytes received so far.
     body: Vec<u8>,
+    /// How long a frame may take from its first byte to its last.
+    frame_deadline: Option<Duration>,
+    /// When the current frame's first byte arrived.
+    started: Option<Instant>,
     /// Set when this end reports what it reads (see [`crate::tap`]).
     tap: Option<Arc<Link>>,
 }
@@ -95,17 +106,67 @@ impl FramedRecv {
             have: 0,
             want: None,
             body: Vec::new(),
+            frame_deadline: None,
+            started: None,
             tap: None,
         }
+    }
+
+    /// Sets how long one frame may take to arrive once its first byte has (servers use it so a
+    /// peer cannot hold a half-sent frame open forever). Waiting *between* frames is not
+    /// limited here.
+    pub fn with_frame_deadline(mut self, deadline: Duration) -> Self {
+        self.frame_deadline = Some(deadline);
+        self
+    }
+
+    /// Changes the largest frame accepted from the next frame on (a server raises it once
+    /// the peer has logged in).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
     }
 
     /// The next message; `Ok(None)` when the peer finished the stream between frames.
     /// A stream that ends inside a frame is [`DecodeError::Truncated`].
     pub async fn recv<T: DeserializeOwned + Debug>(&mut self) -> Result<Option<T>, FrameError> {
+        if self.have == 0 {
+            // Between frames: wait as long as it takes for the next one to start.
+            match self.inner.read(&mut self.prefix).await? {
+                Some(n) => self.have = n,
+                None => return Ok(None),
+            }
+            self.started = Some(Instant::now());
+        }
+        let len = match (self.frame_deadline, self.started) {
+            (Some(limit), Some(started)) => {
+                tokio::time::timeout_at((started + limit).into(), self.rest_of_frame())
+                    .await
+                    .map_err(|_| FrameError::Stalled(limit))??
+            }
+            _ => self.rest_of_frame().await?,
+        };
+        self.have = 0;
+        self.want = None;
+        self.started = None;
+        let msg = frame::decode_body(&self.body[..len]);
+        if self.body.capacity() > KEEP_BUFFER {
+            self.body = Vec::new();
+        } else {
+            self.body.clear();
+        }
+        let msg: T = msg?;
+        if let Some(link) = &self.tap {
+            tap::report(link, self.inner.id(), Direction::Received, &msg);
+        }
+        Ok(Some(msg))
+    }
+
+    /// Reads the rest of the current frame (cancel-safe: progress lives in `self`); returns
+    /// the body length.
+    async fn rest_of_frame(&mut self) -> Result<usize, FrameError> {
         while self.have < PREFIX_LEN {
             match self.inner.read(&mut self.prefix[self.have..]).await? {
                 Some(n) => self.have += n,
-                None if self.have == 0 => return Ok(None),
                 None => {
                     return Err(DecodeError::Truncated {
                         missing: PREFIX_LEN - self.have,
@@ -119,29 +180,22 @@ impl FramedRecv {
             None => {
                 let len = frame::body_len(self.prefix, self.max)?;
                 self.body.clear();
-                self.body.resize(len, 0);
                 self.want = Some(len);
                 len
             }
         };
-        while self.have - PREFIX_LEN < len {
-            let got = self.have - PREFIX_LEN;
-            match self.inner.read(&mut self.body[got..len]).await? {
-                Some(n) => self.have += n,
-                None => return Err(DecodeError::Truncated { missing: len - got }.into()),
+        while self.body.len() < len {
+            match self.inner.read_chunk(len - self.body.len(), true).await? {
+                Some(chunk) => self.body.extend_from_slice(&chunk.bytes),
+                None => {
+                    return Err(DecodeError::Truncated {
+                        missing: len - self.body.len(),
+                    }
+                    .into());
+                }
             }
         }
-        self.have = 0;
-        self.want = None;
-        let msg = frame::decode_body(&self.body[..len]);
-        if self.body.capacity() > KEEP_BUFFER {
-            self.body = Vec::new();
-        }
-        let msg: T = msg?;
-        if let Some(link) = &self.tap {
-            tap::report(link, self.inner.id(), Direction::Received, &msg);
-        }
-        Ok(Some(msg))
+        Ok(len)
     }
 
     /// Like [`recv`](Self::recv) but a clean end is an error: for replies that must come.
@@ -205,6 +259,12 @@ pub mod close {
     pub const PROTOCOL: u32 = 1;
     /// The peer speaks another protocol version.
     pub const VERSION: u32 = 2;
+    /// The peer was too slow: it did not log in in time, or stalled inside a frame.
+    pub const TIMEOUT: u32 = 10;
+    /// The peer's address already holds as many connections as a server allows.
+    pub const LIMIT: u32 = 11;
+    /// The peer sent requests past its budget while told to wait.
+    pub const FLOOD: u32 = 12;
 }
 
 /// How long a new connection may take to open its control stream and say hello.

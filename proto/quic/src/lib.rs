@@ -7,6 +7,7 @@
 mod ca;
 mod error;
 mod framed;
+mod limit;
 mod pin;
 pub mod tap;
 mod tls;
@@ -17,6 +18,7 @@ pub use error::{FrameError, TlsError};
 pub use framed::{
     FramedRecv, FramedSend, accept_control, close, flush_then_close, open_control, open_stream,
 };
+pub use limit::{Budget, PerAddress, RateLimit, Seat};
 pub use pin::{KnownCas, PinError};
 pub use tls::{Trust, client_config, server_config};
 pub use transport::{Limits, client_endpoint, server_endpoint};
