@@ -20,7 +20,8 @@ pub(crate) async fn serve(
     conn: quinn::Connection,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some((mut send, mut recv)) = session::handshake(&conn).await else {
+    let Some((mut send, mut recv)) = session::handshake(&conn, session::DISCOVERY_FRAME).await
+    else {
         return;
     };
     let ip = conn.remote_address().ip();

@@ -100,7 +100,8 @@ pub(crate) async fn serve(
         );
         return;
     };
-    let Some((send, mut recv)) = session::handshake(&conn).await else {
+    let Some((send, mut recv)) = session::handshake(&conn, quip_proto::limits::MAX_FRAME).await
+    else {
         return;
     };
     let (outbox, rx) = mpsc::channel(master.config.relay_queue);

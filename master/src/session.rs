@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use quip_proto::limits::MAX_FRAME;
 use quip_proto::{ErrorCode, NodeToClient};
 use quip_quic::{FramedRecv, FramedSend};
 use rustls::pki_types::CertificateDer;
@@ -60,11 +59,20 @@ pub(crate) fn peer_chain(conn: &quinn::Connection) -> Option<Vec<CertificateDer<
         .filter(|chain| !chain.is_empty())
 }
 
-/// Accepts the control stream and exchanges hellos (see [`quip_quic::accept_control`]).
-pub(crate) async fn handshake(conn: &quinn::Connection) -> Option<(FramedSend, FramedRecv)> {
-    quip_quic::accept_control(conn, crate::AGENT, MAX_FRAME)
+/// Largest frame a discovery client may send (its requests are a few bytes).
+pub(crate) const DISCOVERY_FRAME: usize = 1024;
+/// How long one frame may take to arrive once it has started, on any master connection.
+pub(crate) const FRAME_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Accepts the control stream and exchanges hellos (see [`quip_quic::accept_control`]);
+/// frames over `max_frame` are refused, and a frame that stalls closes the connection.
+pub(crate) async fn handshake(
+    conn: &quinn::Connection,
+    max_frame: usize,
+) -> Option<(FramedSend, FramedRecv)> {
+    quip_quic::accept_control(conn, crate::AGENT, max_frame)
         .await
-        .map(|(send, recv, _)| (send, recv))
+        .map(|(send, recv, _)| (send, recv.with_frame_deadline(FRAME_DEADLINE)))
 }
 
 pub(crate) use quip_quic::flush_then_close;
@@ -74,7 +82,7 @@ pub(crate) use quip_quic::flush_then_close;
 /// `NodeToClient::Error { code: WrongService }` carrying [`WRONG_SERVICE_REASON`], then the
 /// connection closes with [`close::WRONG_SERVICE`] and the same reason.
 pub(crate) async fn wrong_service(conn: quinn::Connection) {
-    let Some((mut send, _recv)) = handshake(&conn).await else {
+    let Some((mut send, _recv)) = handshake(&conn, DISCOVERY_FRAME).await else {
         return;
     };
     tracing::info!("a client spoke the node protocol to the master; closing");
