@@ -55,6 +55,31 @@ struct Args {
     /// bcrypt cost for login secrets (at least 12).
     #[arg(long, env = "QUIP_BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(12..=31))]
     bcrypt_cost: u32,
+    /// Most connections from one client address [default: 100].
+    #[arg(long, env = "QUIP_MAX_CONNECTIONS_PER_ADDR")]
+    max_connections_per_addr: Option<usize>,
+    /// Most sessions one account may have open on this node [default: 8].
+    #[arg(long, env = "QUIP_MAX_SESSIONS_PER_USER")]
+    max_sessions_per_user: Option<usize>,
+    /// Seconds a new connection has to log in [default: 30].
+    #[arg(long, env = "QUIP_LOGIN_TIMEOUT")]
+    login_timeout: Option<u64>,
+    /// Seconds one frame may take from its first byte to its last [default: 30].
+    #[arg(long, env = "QUIP_FRAME_DEADLINE")]
+    frame_deadline: Option<u64>,
+    /// Seconds an image upload may send nothing before it is dropped [default: 30].
+    #[arg(long, env = "QUIP_UPLOAD_IDLE")]
+    upload_idle: Option<u64>,
+    /// Requests per connection before login, as PER_SECOND:BURST [default: 2:10].
+    #[arg(long, env = "QUIP_REQUESTS_BEFORE_LOGIN")]
+    requests_before_login: Option<quip_quic::RateLimit>,
+    /// Requests per connection once logged in, as PER_SECOND:BURST [default: 5000:20000].
+    #[arg(long, env = "QUIP_REQUESTS_AFTER_LOGIN")]
+    requests_after_login: Option<quip_quic::RateLimit>,
+    /// Bytes waiting for one slow client before its pushes are dropped and re-read from
+    /// storage later [default: 2097152].
+    #[arg(long, env = "QUIP_OUTBOX_BYTES")]
+    outbox_bytes: Option<usize>,
 }
 
 fn default_data_dir(port: u16) -> anyhow::Result<PathBuf> {
@@ -91,6 +116,29 @@ async fn main() -> anyhow::Result<()> {
     config.max_image_bytes = args.max_image;
     config.bcrypt_cost = args.bcrypt_cost;
     config.advertise = args.advertise;
+    fn set<T>(value: Option<T>, field: &mut T) {
+        if let Some(value) = value {
+            *field = value;
+        }
+    }
+    let secs = std::time::Duration::from_secs;
+    set(
+        args.max_connections_per_addr,
+        &mut config.max_connections_per_addr,
+    );
+    set(
+        args.max_sessions_per_user,
+        &mut config.max_sessions_per_user,
+    );
+    set(args.login_timeout.map(secs), &mut config.login_timeout);
+    set(args.frame_deadline.map(secs), &mut config.frame_deadline);
+    set(args.upload_idle.map(secs), &mut config.upload_idle);
+    set(
+        args.requests_before_login,
+        &mut config.requests_before_login,
+    );
+    set(args.requests_after_login, &mut config.requests_after_login);
+    set(args.outbox_bytes, &mut config.outbox_bytes);
     if let (Some(cert), Some(key), Some(ca)) = (args.cert, args.key, args.ca) {
         if let Some(addr) = args.master {
             config.master = Some(MasterLink {

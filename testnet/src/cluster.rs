@@ -139,6 +139,8 @@ impl Cluster {
         );
         config.bcrypt_cost = self.config.bcrypt_cost;
         config.drain_timeout = Duration::from_millis(500);
+        // Every client of a local test network comes from 127.0.0.1.
+        config.max_connections_per_addr = config.max_connections;
         config.tls = NodeTls::Files {
             cert: certs.join(format!("{name}.pem")),
             key: certs.join(format!("{name}.key")),

@@ -34,11 +34,13 @@ impl BenchNode {
             None => format!("sqlite://{}", dir.path().join("bench.db").display()),
         };
         let storage = Arc::new(Store::connect(&url).await?);
-        let config = NodeConfig::new(
+        let mut config = NodeConfig::new(
             "node-bench".parse()?,
             "127.0.0.1:0".parse()?,
             dir.path().join("node"),
         );
+        // Every benchmark client comes from 127.0.0.1.
+        config.max_connections_per_addr = config.max_connections;
         let handle = quip_node::start(config, storage.clone()).await?;
         let trust = Trust::from_ca_file(handle.ca_cert_path())?;
         Ok(Self {

@@ -20,6 +20,28 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    /// `PER_SECOND:BURST`, e.g. `5000:20000`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (rate, burst) = s
+            .split_once(':')
+            .ok_or_else(|| format!("expected PER_SECOND:BURST, got {s:?}"))?;
+        let number = |n: &str| {
+            n.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{n:?} is not a positive whole number"))
+        };
+        Ok(Self {
+            per_second: number(rate)?,
+            burst: number(burst)?,
+        })
+    }
+}
+
 impl RateLimit {
     /// The governor quota for this rate (zeros count as one: a limit never forbids everything).
     pub fn quota(self) -> Quota {
@@ -130,6 +152,21 @@ mod tests {
             wait > Duration::ZERO && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn rates_parse_from_flags() {
+        let rate: RateLimit = "5000:20000".parse().unwrap();
+        assert_eq!(
+            rate,
+            RateLimit {
+                per_second: 5000,
+                burst: 20000
+            }
+        );
+        assert!("5000".parse::<RateLimit>().is_err());
+        assert!("0:1".parse::<RateLimit>().is_err());
+        assert!("a:1".parse::<RateLimit>().is_err());
     }
 
     #[test]

@@ -311,6 +311,9 @@ fn spawn_node(
             .arg("--bcrypt-cost")
             .arg("12")
             .arg("--max-connections")
+            .arg((n + 1000).to_string())
+            // Every client comes from 127.0.0.1.
+            .arg("--max-connections-per-addr")
             .arg((n + 1000).to_string());
         c
     } else {
@@ -508,6 +511,7 @@ pub(crate) async fn child(which: &str) -> anyhow::Result<()> {
                 dir.clone(),
             );
             config.max_connections = std::env::var("QUIP_BENCH_CHILD_MAX")?.parse()?;
+            config.max_connections_per_addr = config.max_connections;
             let node = quip_node::start(config, storage).await?;
             println!(
                 "quip-node listening on {} (clients: quip connect --node {} --ca {})",
