@@ -229,3 +229,27 @@ async fn an_address_over_its_limit_is_busy_across_connections() {
     assert!(busy >= 2, "{answers:?}");
     assert!(answers[..5].iter().all(|a| *a == MasterToClient::NoService));
 }
+
+#[tokio::test]
+async fn a_discovery_client_cannot_make_the_master_reserve_a_large_frame() {
+    let master = TestMaster::start_with(|c| c.dead_after = Duration::from_secs(30)).await;
+    let _a = master.node("node-a", &[]).await;
+    // The attack: announce a 1 MiB frame and send nothing more. Discovery requests are a few
+    // bytes, so anything over 1 KiB is refused at once, before any buffer is sized.
+    let mut hostile = master.discovery().await;
+    hostile.write_raw(&(1024u32 * 1024).to_be_bytes()).await;
+    match hostile.answer().await {
+        Some(MasterToClient::Error {
+            code: ErrorCode::Malformed,
+            message,
+            ..
+        }) => assert!(message.contains("frame"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(10), hostile.conn.closed())
+        .await
+        .expect("the master closes the connection");
+    // Honest clients are answered as before.
+    let mut other = master.discovery().await;
+    assert_eq!(other.discover().await.as_deref(), Some("node-a"));
+}

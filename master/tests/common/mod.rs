@@ -366,6 +366,19 @@ pub struct Discovery {
 }
 
 impl Discovery {
+    /// Writes raw bytes on the control stream (a hostile client).
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        self.send.stream().write_all(bytes).await.expect("written");
+    }
+
+    /// The next answer, if one comes in time.
+    pub async fn answer(&mut self) -> Option<MasterToClient> {
+        tokio::time::timeout(PATIENCE, self.recv.expect())
+            .await
+            .ok()?
+            .ok()
+    }
+
     pub async fn ask(&mut self, request: ClientToMaster) -> MasterToClient {
         self.send.send(&request).await.expect("request sent");
         tokio::time::timeout(PATIENCE, self.recv.expect())
