@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quip_proto::{ClientToMaster, ErrorCode, MasterToClient};
-use quip_quic::FrameError;
+use quip_quic::{Budget, FrameError};
 use tokio::sync::watch;
 
 use crate::Master;
-use crate::ratelimit::Bucket;
 use crate::session::{self, close};
 
 /// Serves one discovery connection. Discovery uses the control stream only: a client that
@@ -25,7 +24,7 @@ pub(crate) async fn serve(
         return;
     };
     let ip = conn.remote_address().ip();
-    let mut bucket = Bucket::full(master.config.discovery_per_conn, Instant::now());
+    let bucket = Budget::new(master.config.discovery_per_conn);
     loop {
         // Every branch but the first ends the session, so dropping a half-read frame is moot.
         let frame = tokio::select! {
@@ -63,7 +62,7 @@ pub(crate) async fn serve(
                 return;
             }
         };
-        let answer = answer(&master, &mut bucket, ip, request);
+        let answer = answer(&master, &bucket, ip, request);
         if send.send(&answer).await.is_err() {
             return;
         }
@@ -72,19 +71,14 @@ pub(crate) async fn serve(
 
 /// The answer to one request, after both rate limits: the connection's bucket first (so a
 /// flooding connection does not use up its address's allowance), then the address's.
-fn answer(
-    master: &Master,
-    bucket: &mut Bucket,
-    ip: IpAddr,
-    request: ClientToMaster,
-) -> MasterToClient {
+fn answer(master: &Master, bucket: &Budget, ip: IpAddr, request: ClientToMaster) -> MasterToClient {
     let now = Instant::now();
-    if !bucket.take(master.config.discovery_per_conn, now) || !master.limiter.allow(ip, now) {
+    if let Err(wait) = bucket.spend().and_then(|()| master.limiter.spend(&ip)) {
         tracing::debug!("discovery rate limit; busy");
         return MasterToClient::Error {
             code: ErrorCode::RateLimited,
             message: "too many discovery requests; slow down and retry".into(),
-            retry_after_ms: Some(1000),
+            retry_after_ms: Some(u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX)),
         };
     }
     match request {

@@ -69,7 +69,6 @@ mod image;
 mod listener;
 mod presence;
 mod query;
-mod ratelimit;
 mod registry;
 mod relay;
 mod session;
@@ -88,7 +87,7 @@ pub const AGENT: &str = concat!("quip-master/", env!("CARGO_PKG_VERSION"));
 pub(crate) struct Master {
     pub(crate) config: MasterConfig,
     pub(crate) registry: registry::Registry<relay::NodeLink>,
-    pub(crate) limiter: ratelimit::AddressLimiter,
+    pub(crate) limiter: quip_quic::KeyedBudget<std::net::IpAddr>,
     /// Open discovery (and stray client) connections.
     pub(crate) clients: Arc<AtomicUsize>,
 }
@@ -182,7 +181,7 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     let ca_cert = ClusterCa::cert_path(&config.dir);
     let master = Arc::new(Master {
         registry: registry::Registry::new(config.dead_after),
-        limiter: ratelimit::AddressLimiter::new(config.discovery_per_ip, config.max_tracked_addrs),
+        limiter: quip_quic::KeyedBudget::new(config.discovery_per_ip, config.max_tracked_addrs),
         clients: Arc::default(),
         config,
     });

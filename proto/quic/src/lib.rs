@@ -18,7 +18,7 @@ pub use error::{FrameError, TlsError};
 pub use framed::{
     FramedRecv, FramedSend, accept_control, close, flush_then_close, open_control, open_stream,
 };
-pub use limit::{Budget, PerAddress, RateLimit, Seat};
+pub use limit::{Budget, KeyedBudget, PerAddress, RateLimit, Seat};
 pub use pin::{KnownCas, PinError};
 pub use tls::{Trust, client_config, server_config};
 pub use transport::{Limits, client_endpoint, server_endpoint};

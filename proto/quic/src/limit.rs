@@ -78,6 +78,52 @@ impl Budget {
     }
 }
 
+/// Budgets per key (a client address, an account), for limits that span connections. The
+/// keys tracked are bounded: when `max_keys` are, keys whose budget has refilled are
+/// forgotten; if every one is still active, requests are refused until some refill (fail
+/// closed: under that much load, refusing is the safe answer).
+#[derive(Debug)]
+pub struct KeyedBudget<K: std::hash::Hash + Eq + Clone> {
+    limiter: RateLimiter<
+        K,
+        governor::state::keyed::HashMapStateStore<K>,
+        DefaultClock,
+        governor::middleware::NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+    >,
+    max_keys: usize,
+    /// How long a refused new key waits when the map is full.
+    full_wait: Duration,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedBudget<K> {
+    /// `rate` for each key, at most `max_keys` keys tracked at once.
+    pub fn new(rate: RateLimit, max_keys: usize) -> Self {
+        Self {
+            limiter: RateLimiter::hashmap(rate.quota()),
+            max_keys: max_keys.max(1),
+            full_wait: Duration::from_secs(1),
+        }
+    }
+
+    /// Spends one request of `key`'s budget; `Err(wait)` says how long until it may.
+    pub fn spend(&self, key: &K) -> Result<(), Duration> {
+        if self.limiter.len() >= self.max_keys {
+            self.limiter.retain_recent();
+            if self.limiter.len() >= self.max_keys {
+                return Err(self.full_wait);
+            }
+        }
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Keys tracked now.
+    pub fn tracked(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
 /// Open connections per client address, each held by a [`Seat`] that frees it on drop.
 #[derive(Debug, Clone)]
 pub struct PerAddress {
@@ -152,6 +198,28 @@ mod tests {
             wait > Duration::ZERO && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn keys_are_limited_separately_and_the_map_is_bounded() {
+        let limit = RateLimit {
+            per_second: 1000,
+            burst: 5,
+        };
+        let budget = KeyedBudget::new(limit, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        assert_eq!((0..8).filter(|_| budget.spend(&a).is_ok()).count(), 5);
+        assert!(budget.spend(&b).is_ok());
+        // Full of active keys: a third is refused rather than tracked.
+        assert!(budget.spend(&c).is_err());
+        assert!(budget.spend(&b).is_err(), "fail closed while full");
+        assert_eq!(budget.tracked(), 2);
+        // Once the others have refilled (5 ms at 1000/s) they are forgotten and make room.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(budget.spend(&c).is_ok());
+        assert!(budget.tracked() <= 2);
     }
 
     #[test]
