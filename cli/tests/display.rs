@@ -73,7 +73,10 @@ async fn recv_prints_hostile_text_as_inert_text_from_its_real_sender() {
         .unwrap();
     // A group name and text that reorder themselves (Trojan Source).
     let group = alice
-        .create_group(&GroupName::new("fam\u{202E}ylim").unwrap(), &[bob.clone()])
+        .create_group(
+            &GroupName::new("fam\u{202E}ylim").unwrap(),
+            std::slice::from_ref(&bob),
+        )
         .await
         .unwrap();
     alice
