@@ -147,9 +147,11 @@ fn redact(url: &str) -> String {
 /// Set by `quip-testnet up` for its children: stdin is then a pipe from the parent, and its
 /// end — the parent gone, however it ended, even by SIGKILL — stops this process as SIGTERM
 /// would (and exits it outright if the graceful stop takes longer than 10 s).
+#[cfg(unix)]
 const STOP_WITH_PARENT: &str = "QUIP_STOP_WITH_PARENT";
 
 /// Returns when stdin ends, if [`STOP_WITH_PARENT`] is set; never otherwise.
+#[cfg(unix)]
 async fn parent_gone() {
     if std::env::var_os(STOP_WITH_PARENT).is_none() {
         return std::future::pending().await;

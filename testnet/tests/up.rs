@@ -1,6 +1,7 @@
 //! `quip-testnet up` leaves nothing behind however it ends: the real binary in a process
 //! group of its own, its master and nodes answering, then `up` alone is sent SIGHUP (its
-//! terminal closed) or SIGKILL; every child process must go and every port must be free.
+//! terminal closed), SIGTERM, SIGINT or SIGKILL; every child process must go and every port
+//! must be free.
 //!
 //! Needs the `quip-node` and `quip-master` binaries beside `quip-testnet` (see
 //! `tests/procs.rs`): skipped without them, a failure under `CI=true`.
@@ -157,6 +158,12 @@ async fn leaves_nothing_after(signal: Signal) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_leaves_nothing_behind_when_its_terminal_closes() {
     leaves_nothing_after(Signal::SIGHUP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_leaves_nothing_behind_when_stopped_by_sigterm_or_ctrl_c() {
+    leaves_nothing_after(Signal::SIGTERM).await;
+    leaves_nothing_after(Signal::SIGINT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
