@@ -86,7 +86,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 DEFAULT_KEY_BITS,
             )
             .await?;
-            println!(
+            say!(
                 "registered {}; key fingerprint {}",
                 client.me(),
                 client.fingerprint()
@@ -122,12 +122,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             while let Some(incoming) = client.next_within(wait).await {
                 match incoming {
                     Incoming::Message(_) | Incoming::Image(_) | Incoming::GroupChanged(_) => {
-                        println!("{}", crate::ui::render(&client, &incoming))
+                        say!("{}", crate::ui::render(&client, &incoming))
                     }
                     Incoming::Rejected { from, reason } => {
-                        eprintln!("refused a message from {from}: {reason}")
+                        complain!("refused a message from {from}: {reason}")
                     }
-                    Incoming::Held(err) => eprintln!("{err}"),
+                    Incoming::Held(err) => complain!("{err}"),
                     Incoming::Reconnect { .. } | Incoming::Closed(_) => break,
                 }
             }
@@ -138,7 +138,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = login(&target, &user).await?;
             for presence in client.users().await? {
                 let state = if presence.online { "online" } else { "offline" };
-                println!("{} {state}", presence.user);
+                say!("{} {state}", presence.user);
             }
             client.close().await;
             Ok(ExitCode::SUCCESS)
@@ -152,13 +152,13 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { who, action } => {
             let mut client = login(&target, &who.user).await?;
             match action {
-                KeysAction::Show => println!("{}", client.fingerprint()),
+                KeysAction::Show => say!("{}", client.fingerprint()),
                 KeysAction::Fingerprint { peer } => {
-                    println!("{}", client.safety_number(&peer).await?)
+                    say!("{}", client.safety_number(&peer).await?)
                 }
                 KeysAction::Accept { peer } => {
                     client.accept_keys(&peer).await?;
-                    println!("now trusting the current keys of {peer}");
+                    say!("now trusting the current keys of {peer}");
                 }
             }
             client.close().await;
@@ -172,25 +172,27 @@ async fn group(client: &mut Client, action: GroupAction) -> anyhow::Result<()> {
     let (group, action) = match action {
         GroupAction::Create { name, members } => {
             client.create_group(&name, &members).await?;
-            println!("created {name}");
+            say!("created {name}");
             return Ok(());
         }
         GroupAction::List => {
             for summary in client.groups().await? {
                 let verified = client.verify_group(&summary.id).await?;
-                println!(
+                say!(
                     "{} (by {}, epoch {})",
-                    summary.name, summary.creator, verified.state.epoch
+                    summary.name,
+                    summary.creator,
+                    verified.state.epoch
                 );
                 for (member, role) in &verified.state.members {
                     let role = match role {
                         MemberRole::Admin => "admin",
                         MemberRole::Member => "member",
                     };
-                    println!("  {member} {role}");
+                    say!("  {member} {role}");
                 }
                 for user in &verified.unproven {
-                    println!("  {user} UNPROVEN (listed by the server, not signed by an admin)");
+                    say!("  {user} UNPROVEN (listed by the server, not signed by an admin)");
                 }
             }
             return Ok(());
@@ -207,7 +209,7 @@ async fn group(client: &mut Client, action: GroupAction) -> anyhow::Result<()> {
                 }
                 (None, None) => anyhow::bail!("nothing to send: pass --text or --image"),
             };
-            sent.left_out.iter().for_each(|w| eprintln!("{w}"));
+            sent.left_out.iter().for_each(|w| complain!("{w}"));
             return Ok(());
         }
         GroupAction::Add { group, user } => change(group, Action::Add(user)),
@@ -231,7 +233,7 @@ async fn login(target: &Target, user: &UserName) -> anyhow::Result<Client> {
     let pw = password("Password: ")?;
     let conn = target.connect().await?;
     let client = Client::login(conn, &target.user_dir(user), user, &pw).await?;
-    client.notices().iter().for_each(|n| eprintln!("quip: {n}"));
+    client.notices().iter().for_each(|n| complain!("quip: {n}"));
     Ok(client)
 }
 

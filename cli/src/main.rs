@@ -1,5 +1,21 @@
 //! `quip`: parses flags and runs the interactive program or one script subcommand.
 
+/// Prints a line on stdout, made safe for the terminal first ([`quip_cli::display::safe`]).
+/// Every line the program prints goes through this or [`complain!`], so text from the
+/// network never reaches the terminal as it came.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", quip_cli::display::safe(&format!($($arg)*)))
+    };
+}
+
+/// Prints a line on stderr, made safe for the terminal first.
+macro_rules! complain {
+    ($($arg:tt)*) => {
+        eprintln!("{}", quip_cli::display::safe(&format!($($arg)*)))
+    };
+}
+
 mod args;
 mod commands;
 mod progress;
@@ -25,7 +41,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("quip: cannot start: {err}");
+            complain!("quip: cannot start: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -36,11 +52,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if commands::no_service(&err) => {
             // The original's words, exactly.
-            println!("Sorry, No services available");
+            say!("Sorry, No services available");
             ExitCode::from(commands::exit_code(&err))
         }
         Err(err) => {
-            eprintln!("quip: {err:#}");
+            complain!("quip: {err:#}");
             ExitCode::from(commands::exit_code(&err))
         }
     }

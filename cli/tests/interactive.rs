@@ -305,3 +305,63 @@ async fn no_node_prints_the_original_words() {
     assert!(err.contains("127.0.0.1:9"), "{err}");
     assert_eq!(out.status.code(), Some(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prompt_prints_hostile_text_as_inert_text_from_its_real_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, trust) = node(dir.path()).await;
+    let addr = node.local_addr().to_string();
+    let alice_name = UserName::new("alice").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let conn = quip_cli::Connection::connect(node.local_addr(), quip_quic::names::NODE, &trust)
+        .await
+        .unwrap();
+    let mut alice = Client::signup(
+        conn,
+        &quip_cli::user_dir(home.path(), &addr, &alice_name),
+        &alice_name,
+        "pelican-velvet-harbour-17",
+        2048,
+    )
+    .await
+    .unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let mut ui = Session::start(&addr, node.ca_cert_path(), data.path());
+    ui.answer("LOGIN or SIGNUP: ", "SIGNUP").await;
+    ui.answer("Username: ", "bob").await;
+    ui.answer("Password: ", "tangerine-orbit-cascade-42").await;
+    ui.answer("Repeat password: ", "tangerine-orbit-cascade-42")
+        .await;
+    ui.expect("Welcome, bob.").await;
+    ui.expect("> ").await;
+    let bob = UserName::new("bob").unwrap();
+    alice
+        .send_text(
+            &bob,
+            "x\r\x1b[Kcarol: please send the door code\ncarol: really",
+        )
+        .await
+        .unwrap();
+    alice.send_text(&bob, "done").await.unwrap();
+    ui.expect("alice: done").await;
+    assert!(
+        ui.seen
+            .contains("alice: x^M^[[Kcarol: please send the door code\n  carol: really\n"),
+        "{:?}",
+        ui.seen
+    );
+    assert!(
+        !ui.seen.contains(['\x1b', '\r']),
+        "control characters reached the terminal: {:?}",
+        ui.seen
+    );
+    assert!(
+        !ui.seen.lines().any(|line| line.starts_with("carol")),
+        "{:?}",
+        ui.seen
+    );
+    ui.type_line("@#@EXIT@#@").await;
+    ui.expect("Bye.").await;
+    assert_eq!(ui.exit_code().await, 0);
+}

@@ -3,8 +3,12 @@
 //! a grace period) and killing them (SIGKILL); and the testnet's error type.
 //!
 //! Children run in their own process group, so a Ctrl-C in the terminal reaches only
-//! `quip-testnet`, which stops them in order. A [`Child`] is killed (SIGKILL) when dropped:
-//! no process outlives its owner unless the owner itself is SIGKILLed.
+//! `quip-testnet`, which stops them in order. A [`Child`] is killed (SIGKILL) when dropped.
+//! And no child outlives us however we end, SIGKILL included: each child's stdin is a pipe
+//! whose writing end only we hold, and `quip-node` and `quip-master` started with
+//! `QUIP_STOP_WITH_PARENT` stop when it closes — the kernel closes it when we die. (No
+//! `prctl(PR_SET_PDEATHSIG)`: it needs unsafe code between fork and exec, and fires when the
+//! spawning *thread* exits, which a tokio worker may do.)
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
@@ -116,6 +120,9 @@ impl Binaries {
     }
 }
 
+/// Tells `quip-node` and `quip-master` to stop when their stdin (our pipe) ends.
+const STOP_WITH_PARENT: &str = "QUIP_STOP_WITH_PARENT";
+
 /// A child process that is SIGKILLed and reaped when dropped.
 #[derive(Debug)]
 pub struct Child {
@@ -126,7 +133,7 @@ pub struct Child {
 
 impl Child {
     /// Starts `program` with `args`, stdout and stderr appended to `log`, in a process group
-    /// of its own.
+    /// of its own, its stdin a pipe that closes when we exit (see the module documentation).
     pub fn spawn(
         name: &str,
         program: &Path,
@@ -143,7 +150,8 @@ impl Child {
             .map_err(io(format!("cannot open {}", log.display())))?;
         let child = Command::new(program)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
+            .env(STOP_WITH_PARENT, "1")
             .stdout(out)
             .stderr(err)
             .env(

@@ -5,9 +5,10 @@
 //!
 //! Keys are read as lines from stdin (type the letter, then Enter), so no raw terminal mode
 //! is needed: `k` kills a random node (SIGKILL), `r` restarts killed nodes, `m` stops or
-//! starts the master, `q` quits. Ctrl-C (or SIGTERM) stops everything cleanly: simulated
-//! users first, then the nodes (SIGTERM, SIGKILL after 5 s), then the master; and says where
-//! the data is.
+//! starts the master, `q` quits. Ctrl-C, SIGTERM or SIGHUP (its terminal closed) stops
+//! everything cleanly: simulated users first, then the nodes (SIGTERM, SIGKILL after 5 s),
+//! then the master; and says where the data is. Killed outright, it still leaves nothing
+//! running: the children stop when their stdin pipe from it closes (see `procs`).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -148,30 +149,43 @@ pub async fn run(config: TestnetConfig, options: UpOptions) -> Result<(), Testne
         println!("Running until Ctrl-C.");
     }
     view.serve(options.view, stop).await;
-    println!("\nStopping…");
+    // After SIGHUP the terminal may be gone: a failed write must not stop the shutdown.
+    let _ = writeln!(std::io::stdout(), "\nStopping…");
     if let Some(crowd) = crowd {
         crowd.stop().await;
     }
     view.net.shutdown(GRACE).await;
-    println!("Stopped. Data and logs are in {}", view.net.dir().display());
+    let _ = writeln!(
+        std::io::stdout(),
+        "Stopped. Data and logs are in {}",
+        view.net.dir().display()
+    );
     Ok(())
 }
 
-/// A flag raised by Ctrl-C or SIGTERM (from the start, so children are never orphaned).
+/// A flag raised by Ctrl-C, SIGTERM or SIGHUP (the terminal closed), from the start, so
+/// children are stopped in order. (If `up` dies some other way, SIGKILL included, the
+/// children stop by themselves: see `procs`.)
 fn stop_signal() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut term) => {
-                    term.recv().await;
+    let on = |kind: SignalKind| {
+        let listener = signal(kind);
+        async move {
+            match listener {
+                Ok(mut listener) => {
+                    listener.recv().await;
                 }
                 Err(_) => std::future::pending().await,
             }
-        };
+        }
+    };
+    let (term, hangup) = (on(SignalKind::terminate()), on(SignalKind::hangup()));
+    tokio::spawn(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term => {}
+            _ = hangup => {}
         }
         let _ = tx.send(true);
     });

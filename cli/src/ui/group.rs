@@ -17,7 +17,7 @@ pub(super) fn create(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
     let name = match GroupName::new(&line(input, "Group name: ")?) {
         Ok(name) => name,
         Err(err) => {
-            println!("{err}");
+            say!("{err}");
             return Ok(());
         }
     };
@@ -29,7 +29,7 @@ pub(super) fn create(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
         }
         match UserName::new(&entry) {
             Ok(user) => members.push(user),
-            Err(err) => println!("{err}"),
+            Err(err) => say!("{err}"),
         }
     }
     match ask(tx, |reply| Cmd::CreateGroup {
@@ -37,8 +37,8 @@ pub(super) fn create(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
         members,
         reply,
     })? {
-        Ok(()) => println!("Group {name} created; you are its admin."),
-        Err(why) => println!("Group not created: {why}"),
+        Ok(()) => say!("Group {name} created; you are its admin."),
+        Err(why) => say!("Group not created: {why}"),
     }
     Ok(())
 }
@@ -51,11 +51,11 @@ pub(super) fn room(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
     })? {
         Ok(opened) => opened,
         Err(why) => {
-            println!("{why}");
+            say!("{why}");
             return Ok(());
         }
     };
-    println!("In group {name}: 1 send, 2 add a participant, 3 remove a participant, 0 back.");
+    say!("In group {name}: 1 send, 2 add a participant, 3 remove a participant, 0 back.");
     loop {
         let action = match line(input, &format!("[{name}] 1/2/3/0: "))?.as_str() {
             "0" => return Ok(()),
@@ -64,21 +64,21 @@ pub(super) fn room(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
                 continue;
             }
             "2" | "3" if !admin => {
-                println!("{ONLY_ADMIN}");
+                say!("{ONLY_ADMIN}");
                 continue;
             }
             "2" => Action::Add,
             "3" => Action::Remove,
             "" => continue,
             other => {
-                println!("Type 1, 2, 3 or 0 (not {other:?}).");
+                say!("Type 1, 2, 3 or 0 (not {other:?}).");
                 continue;
             }
         };
         let who = match UserName::new(&line(input, "Participant name: ")?) {
             Ok(who) => who,
             Err(err) => {
-                println!("{err}");
+                say!("{err}");
                 continue;
             }
         };
@@ -87,8 +87,8 @@ pub(super) fn room(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
             action: action(who.clone()),
             reply,
         })? {
-            Ok(()) => println!("Done."),
-            Err(why) => println!("{why}"),
+            Ok(()) => say!("Done."),
+            Err(why) => say!("{why}"),
         }
     }
 }

@@ -4,10 +4,11 @@
 
 use std::io::IsTerminal;
 
+use quip_cli::display::safe;
 use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 
-/// Prints a line without breaking the one being typed.
+/// Prints a line without breaking the one being typed, made safe for the terminal first.
 pub(crate) type Printer = Box<dyn FnMut(String) + Send>;
 
 pub(crate) struct Input {
@@ -35,18 +36,19 @@ impl Input {
             && let Ok(mut printer) = editor.create_external_printer()
         {
             return Box::new(move |line: String| {
-                let _ = printer.print(format!("{line}\n"));
+                let _ = printer.print(format!("{}\n", safe(&line)));
             });
         }
-        Box::new(|line: String| println!("{line}"))
+        Box::new(|line: String| say!("{line}"))
     }
 
     /// One line, trimmed.
     pub(crate) fn line(&mut self, prompt: &str) -> Result<String, Eof> {
+        let prompt = safe(prompt);
         let Some(editor) = &mut self.editor else {
-            return plain_line(prompt).map(|l| l.trim().to_owned());
+            return plain_line(&prompt).map(|l| l.trim().to_owned());
         };
-        match editor.readline(prompt) {
+        match editor.readline(&prompt) {
             Ok(line) => {
                 let line = line.trim().to_owned();
                 if !line.is_empty() {

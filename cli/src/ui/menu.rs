@@ -40,7 +40,7 @@ pub(super) fn line(input: &mut Input, prompt: &str) -> Flow<String> {
 pub(crate) fn run(input: &mut Input, tx: mpsc::Sender<Cmd>) -> ExitCode {
     match session(input, &tx) {
         Ok(()) | Err(Leave) => {
-            println!("Bye.");
+            say!("Bye.");
             ExitCode::SUCCESS
         }
     }
@@ -48,16 +48,16 @@ pub(crate) fn run(input: &mut Input, tx: mpsc::Sender<Cmd>) -> ExitCode {
 
 fn session(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
     let me = authenticate(input, tx)?;
-    println!("Welcome, {me}.");
+    say!("Welcome, {me}.");
     show_users(tx)?;
     loop {
-        println!("1 personal chat | 2 create group | 3 group chat | {EXIT} to leave");
+        say!("1 personal chat | 2 create group | 3 group chat | {EXIT} to leave");
         match line(input, "> ")?.as_str() {
             "1" => personal_chat(input, tx)?,
             "2" => super::group::create(input, tx)?,
             "3" => super::group::room(input, tx)?,
             "" => {}
-            other => println!("Unknown choice {other:?}."),
+            other => say!("Unknown choice {other:?}."),
         }
     }
 }
@@ -69,14 +69,14 @@ fn authenticate(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<UserName> {
             "LOGIN" => false,
             "SIGNUP" | "REGISTER" => true,
             _ => {
-                println!("Type LOGIN or SIGNUP.");
+                say!("Type LOGIN or SIGNUP.");
                 continue;
             }
         };
         let user = match UserName::new(&line(input, "Username: ")?) {
             Ok(user) => user,
             Err(err) => {
-                println!("{err}");
+                say!("{err}");
                 continue;
             }
         };
@@ -84,10 +84,10 @@ fn authenticate(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<UserName> {
         if signup {
             let again = input.secret("Repeat password: ")?;
             if again != password {
-                println!("The passwords differ.");
+                say!("The passwords differ.");
                 continue;
             }
-            println!("Creating your keys…");
+            say!("Creating your keys…");
         }
         match ask(tx, |reply| Cmd::Auth {
             signup,
@@ -96,7 +96,7 @@ fn authenticate(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<UserName> {
             reply,
         })? {
             Ok(()) => return Ok(user),
-            Err(why) => println!("{why}"),
+            Err(why) => say!("{why}"),
         }
     }
 }
@@ -104,24 +104,24 @@ fn authenticate(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<UserName> {
 fn show_users(tx: &mpsc::Sender<Cmd>) -> Flow<()> {
     match ask(tx, Cmd::Users)? {
         Ok(users) => {
-            println!("Users:");
+            say!("Users:");
             for p in users {
-                println!(
+                say!(
                     "  {} ({})",
                     p.user,
                     if p.online { "online" } else { "offline" }
                 );
             }
             match ask(tx, Cmd::Groups)? {
-                Ok(groups) if groups.is_empty() => println!("Groups: none"),
+                Ok(groups) if groups.is_empty() => say!("Groups: none"),
                 Ok(groups) => {
-                    println!("Groups:");
-                    groups.iter().for_each(|g| println!("  {g}"));
+                    say!("Groups:");
+                    groups.iter().for_each(|g| say!("  {g}"));
                 }
-                Err(why) => println!("Cannot list groups: {why}"),
+                Err(why) => say!("Cannot list groups: {why}"),
             }
         }
-        Err(why) => println!("Cannot list users: {why}"),
+        Err(why) => say!("Cannot list users: {why}"),
     }
     Ok(())
 }
@@ -130,13 +130,11 @@ fn personal_chat(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {
     let peer = match UserName::new(&line(input, "Chat with: ")?) {
         Ok(peer) => peer,
         Err(err) => {
-            println!("{err}");
+            say!("{err}");
             return Ok(());
         }
     };
-    println!(
-        "Chatting with {peer}: text to send a message, image to send a picture, 0 to go back."
-    );
+    say!("Chatting with {peer}: text to send a message, image to send a picture, 0 to go back.");
     compose(input, tx, &Chat::Direct(peer.clone()), peer.as_str())
 }
 
@@ -175,7 +173,7 @@ pub(super) fn compose(
                 report(input, tx, sent)?;
             }
             "" => {}
-            other => println!("Type text, image or 0 (not {other:?})."),
+            other => say!("Type text, image or 0 (not {other:?})."),
         }
     }
 }
@@ -188,19 +186,19 @@ fn report(
 ) -> Flow<()> {
     match sent {
         Ok(warnings) => {
-            warnings.iter().for_each(|w| println!("{w}"));
-            println!("(sent)");
+            warnings.iter().for_each(|w| say!("{w}"));
+            say!("(sent)");
         }
-        Err(SendError::Other(why)) => println!("Not sent: {why}"),
+        Err(SendError::Other(why)) => say!("Not sent: {why}"),
         Err(SendError::KeyChanged { user, why }) => {
-            println!("Not sent: {why}");
+            say!("Not sent: {why}");
             if line(input, &format!("Trust the new keys of {user}? (yes/no): "))? == "yes" {
                 match ask(tx, |reply| Cmd::Accept {
                     user: user.clone(),
                     reply,
                 })? {
-                    Ok(()) => println!("Now trusting {user}'s new keys; send again."),
-                    Err(why) => println!("{why}"),
+                    Ok(()) => say!("Now trusting {user}'s new keys; send again."),
+                    Err(why) => say!("{why}"),
                 }
             }
         }
