@@ -55,6 +55,13 @@ struct Args {
     /// bcrypt cost for login secrets (at least 12).
     #[arg(long, env = "QUIP_BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(12..=31))]
     bcrypt_cost: u32,
+    /// Signups one client address may make at once; then one more per
+    /// --signup-window-secs divided by this.
+    #[arg(long, env = "QUIP_SIGNUPS_PER_ADDR", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    signups_per_addr: u32,
+    /// The window of --signups-per-addr, in seconds.
+    #[arg(long, env = "QUIP_SIGNUP_WINDOW_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    signup_window_secs: u64,
 }
 
 fn default_data_dir(port: u16) -> anyhow::Result<PathBuf> {
@@ -90,6 +97,8 @@ async fn main() -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.max_image_bytes = args.max_image;
     config.bcrypt_cost = args.bcrypt_cost;
+    config.signups_per_addr = args.signups_per_addr;
+    config.signup_window = std::time::Duration::from_secs(args.signup_window_secs);
     config.advertise = args.advertise;
     if let (Some(cert), Some(key), Some(ca)) = (args.cert, args.key, args.ca) {
         if let Some(addr) = args.master {

@@ -139,6 +139,8 @@ impl Cluster {
         );
         config.bcrypt_cost = self.config.bcrypt_cost;
         config.drain_timeout = Duration::from_millis(500);
+        // Every simulated user signs up from 127.0.0.1.
+        config.signups_per_addr = u32::MAX;
         config.tls = NodeTls::Files {
             cert: certs.join(format!("{name}.pem")),
             key: certs.join(format!("{name}.key")),
