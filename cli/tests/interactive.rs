@@ -138,8 +138,9 @@ async fn groups_through_the_prompts() {
     let mut ui = Session::start(&addr, node.ca_cert_path(), data.path());
     ui.answer("LOGIN or SIGNUP: ", "SIGNUP").await;
     ui.answer("Username: ", "alice").await;
-    ui.answer("Password: ", "pw-alice-1").await;
-    ui.answer("Repeat password: ", "pw-alice-1").await;
+    ui.answer("Password: ", "alice's group password").await;
+    ui.answer("Repeat password: ", "alice's group password")
+        .await;
     ui.answer("> ", "2").await;
     ui.answer("Group name: ", "Friends").await;
     ui.answer("Participant (-1 to end): ", "bob").await;
@@ -217,7 +218,19 @@ async fn signup_chat_and_exit_through_the_prompts() {
 
     let alice_data = tempfile::tempdir().unwrap();
     let mut ui = Session::start(&addr, &ca, alice_data.path());
+    // A weak password is refused with zxcvbn's reason, before any key is made, and the
+    // prompts start over.
     ui.answer("LOGIN or SIGNUP: ", "SIGNUP").await;
+    ui.answer("Username: ", "alice").await;
+    ui.answer("Password: ", "alice1").await;
+    ui.answer("Repeat password: ", "alice1").await;
+    ui.expect("this password is too easy to guess: ").await;
+    ui.expect("LOGIN or SIGNUP: ").await;
+    assert!(
+        !ui.seen.contains("Creating your keys"),
+        "no keys were made for the weak password"
+    );
+    ui.type_line("SIGNUP").await;
     ui.answer("Username: ", "alice").await;
     ui.answer("Password: ", "alice's password").await;
     ui.answer("Repeat password: ", "alice's password").await;

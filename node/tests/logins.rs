@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{Backend, TestNode, unique};
 use quip_cli::ConnectError;
+use quip_cli::e2e::Secrets;
 use quip_proto::ids::{SessionToken, UserName};
 use quip_proto::{ClientToNode, ErrorCode, NodeToClient, PublicKeys};
 use quip_storage::{LoginThrottle, Storage, Store};
@@ -276,7 +277,55 @@ async fn signups_limited_per_address(backend: Backend) {
     );
 }
 
+/// Issue 11 item 6: the same name and password on two deployments (different CAs) give
+/// different login secrets, so the secret deployment A receives does not log in on B.
+async fn login_secret_bound_to_the_deployment(backend: Backend) {
+    // Another deployment has storage of its own (the test Postgres is one shared database).
+    let (Some(a), Some(b)) = (
+        TestNode::start(backend).await,
+        TestNode::start(Backend::Sqlite).await,
+    ) else {
+        return;
+    };
+    assert_ne!(a.deployment(), b.deployment(), "two CAs");
+    let home = tempfile::tempdir().unwrap();
+    let user = unique("twice");
+    a.signup(&user, &home.path().join("a")).await.close().await;
+    b.signup(&user, &home.path().join("b")).await.close().await;
+
+    // What A's operator receives when the user logs in there.
+    let on_a = Secrets::derive(&user, common::PASSWORD, &a.deployment()).unwrap();
+    let on_b = Secrets::derive(&user, common::PASSWORD, &b.deployment()).unwrap();
+    assert_ne!(on_a.login(), on_b.login());
+    assert_ne!(on_a.backup(), on_b.backup());
+    token(
+        login(&a, &user, *on_a.login())
+            .await
+            .expect("it is A's secret"),
+    );
+    assert_eq!(
+        refused(login(&b, &user, *on_a.login()).await).0,
+        ErrorCode::InvalidCredentials,
+        "A's secret is useless on B"
+    );
+
+    // A client that pins the CA on first use binds to the same deployment as one given it.
+    let pins = quip_quic::KnownCas::new(home.path().join("known_cas"));
+    let pinned = quip_cli::Connection::connect(
+        a.handle.local_addr(),
+        quip_quic::names::NODE,
+        &quip_quic::Trust::Pinned {
+            known: pins,
+            addr: a.handle.local_addr().to_string(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(pinned.deployment(), a.deployment());
+}
+
 on_both_backends!(
+    login_secret_bound_to_the_deployment,
     parallel_guesses_reach_bcrypt_at_most_five_times,
     delays_shared_by_nodes_and_resume_never_throttled,
     signups_limited_per_address,

@@ -87,6 +87,11 @@ fn authenticate(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<UserName> {
                 println!("The passwords differ.");
                 continue;
             }
+            // Before any key is made or anything is sent.
+            if let Err(weak) = crate::e2e::check_strength(&user, &password) {
+                println!("{weak}");
+                continue;
+            }
             println!("Creating your keys…");
         }
         match ask(tx, |reply| Cmd::Auth {
