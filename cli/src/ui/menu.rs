@@ -88,7 +88,7 @@ fn authenticate(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<UserName> {
                 continue;
             }
             // Before any key is made or anything is sent.
-            if let Err(weak) = crate::e2e::check_strength(&user, &password) {
+            if let Err(weak) = quip_cli::e2e::check_strength(&user, &password) {
                 println!("{weak}");
                 continue;
             }
