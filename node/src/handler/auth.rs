@@ -1,10 +1,11 @@
-//! SIGNUP, LOGIN, resume and logout.
+//! SIGNUP (limited per address), LOGIN (attempts counted before bcrypt), resume (never
+//! throttled) and logout.
+
+use std::time::Duration;
 
 use quip_proto::ids::{SessionToken, UserName};
 use quip_proto::limits::{MAX_KEY_BACKUP, MAX_LOGIN_SECRET, MAX_PUBLIC_KEY};
 use quip_proto::{ErrorCode, NodeToClient, PublicKeys, ReqId};
-use std::time::Duration;
-
 use quip_storage::{LoginThrottle, NewUser, Storage, StorageError};
 
 use super::now_ms;
