@@ -318,3 +318,59 @@ async fn no_node_prints_the_original_words() {
     assert!(err.contains("127.0.0.1:9"), "{err}");
     assert_eq!(out.status.code(), Some(4));
 }
+
+/// `quip register` refuses a weak password with zxcvbn's reason before making keys, and
+/// accepts a strong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_refuses_a_weak_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _trust) = node(dir.path()).await;
+    let register = |password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_quip"))
+            .args(["--node", &node.local_addr().to_string(), "--ca"])
+            .arg(node.ca_cert_path())
+            .arg("--data-dir")
+            .arg(dir.path().join("client"))
+            .args(["register", "--user", "carol"])
+            .env("QUIP_PASSWORD", password)
+            .stdin(Stdio::null())
+            .output()
+    };
+    let weak = register("carol1").await.unwrap();
+    let stderr = String::from_utf8_lossy(&weak.stderr);
+    assert_eq!(weak.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this password is too easy to guess: "),
+        "{stderr}"
+    );
+    let key_files = || files_named(&dir.path().join("client"), quip_cli::e2e::KEY_FILE);
+    assert_eq!(key_files(), 0, "no keys were made");
+
+    let strong = register("carol's long walk to the harbour").await.unwrap();
+    let stdout = String::from_utf8_lossy(&strong.stdout);
+    assert!(
+        strong.status.success(),
+        "{}",
+        String::from_utf8_lossy(&strong.stderr)
+    );
+    assert!(stdout.contains("registered carol"), "{stdout}");
+    assert_eq!(key_files(), 1);
+}
+
+/// How many files called `name` are under `dir`.
+fn files_named(dir: &Path, name: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                files_named(&path, name)
+            } else {
+                usize::from(entry.file_name() == name)
+            }
+        })
+        .sum()
+}
