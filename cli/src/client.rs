@@ -14,8 +14,8 @@ use quip_proto::{
 
 use crate::connection::{ConnectError, Connection, Event};
 use crate::e2e::{
-    self, E2eError, IMAGE_CHUNK, Identity, ImageDecryptor, ImageEncryptor, ImageKey, KeyStore,
-    PeerKeys, Pin, PinStore, Secrets, SeenIds,
+    self, Deployment, E2eError, IMAGE_CHUNK, Identity, ImageDecryptor, ImageEncryptor, ImageKey,
+    KeyStore, PeerKeys, Pin, PinStore, Secrets, SeenIds,
 };
 use crate::group::{Chat, Sent, VerifiedGroup};
 
@@ -218,7 +218,8 @@ impl Client {
         password: &str,
         bits: usize,
     ) -> Result<Self, ClientError> {
-        let secrets = derive(user, password).await?;
+        e2e::check_strength(user, password)?;
+        let secrets = derive(user, password, conn.deployment()).await?;
         let identity = tokio::task::spawn_blocking(move || Identity::generate(bits))
             .await
             .map_err(|_| ClientError::Unexpected)??;
@@ -245,7 +246,7 @@ impl Client {
         user: &UserName,
         password: &str,
     ) -> Result<Self, ClientError> {
-        let secrets = derive(user, password).await?;
+        let secrets = derive(user, password, conn.deployment()).await?;
         let answer = conn
             .request(|req| ClientToNode::Login {
                 req,
@@ -725,9 +726,13 @@ impl Client {
     }
 }
 
-async fn derive(user: &UserName, password: &str) -> Result<Secrets, ClientError> {
+async fn derive(
+    user: &UserName,
+    password: &str,
+    deployment: Deployment,
+) -> Result<Secrets, ClientError> {
     let (user, password) = (user.clone(), password.to_owned());
-    tokio::task::spawn_blocking(move || Secrets::derive(&user, &password))
+    tokio::task::spawn_blocking(move || Secrets::derive(&user, &password, &deployment))
         .await
         .map_err(|_| ClientError::Unexpected)?
         .map_err(Into::into)

@@ -78,6 +78,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connect => crate::ui::run(target).await,
         Command::Register(UserArgs { user }) => {
             let pw = password("Password: ")?;
+            quip_cli::e2e::check_strength(&user, &pw)?;
             let client = Client::signup(
                 target.connect().await?,
                 &target.user_dir(&user),

@@ -19,6 +19,8 @@ use quip_proto::{ClientToMaster, MasterToClient};
 use quip_quic::{FrameError, FramedRecv, FramedSend, Limits, Trust};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::e2e::Deployment;
+
 /// Software name sent in hellos.
 pub const AGENT: &str = concat!("quip/", env!("CARGO_PKG_VERSION"));
 
@@ -129,6 +131,7 @@ pub struct Connection {
     downloads: Downloads,
     next_req: AtomicU32,
     events: mpsc::Receiver<Event>,
+    deployment: Deployment,
 }
 
 impl Connection {
@@ -166,6 +169,7 @@ impl Connection {
                 return Err(unreachable(err.to_string()));
             }
         };
+        let deployment = deployment_of(trust, &conn)?;
         let (send, mut recv, hello) = match quip_quic::open_control(&conn, AGENT, MAX_FRAME).await {
             Ok(opened) => opened,
             // A node that refuses us at once (too many connections from this address) says
@@ -205,7 +209,14 @@ impl Connection {
             downloads,
             next_req: AtomicU32::new(1),
             events,
+            deployment,
         })
+    }
+
+    /// The deployment this node belongs to (its cluster CA), which the password's secrets
+    /// are bound to.
+    pub fn deployment(&self) -> Deployment {
+        self.deployment
     }
 
     /// Discovers the least busy node through the master and connects to it; the node's
@@ -343,6 +354,25 @@ impl Connection {
         }
         self.conn.close(0u32.into(), b"bye");
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// The deployment of a verified connection: the CA the client trusts, or, when pinning, the
+/// CA certificate at the end of the chain (the verifier checked that it is the pinned one and
+/// that the server's certificate chains to it).
+fn deployment_of(trust: &Trust, conn: &quinn::Connection) -> Result<Deployment, ConnectError> {
+    match trust {
+        Trust::Ca(ca) => Ok(Deployment::of_ca(ca.as_ref())),
+        Trust::Pinned { .. } => conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.last().map(|ca| Deployment::of_ca(ca.as_ref())))
+            .ok_or(ConnectError::Unexpected(
+                "the server sent no CA certificate",
+            )),
     }
 }
 

@@ -138,8 +138,9 @@ async fn groups_through_the_prompts() {
     let mut ui = Session::start(&addr, node.ca_cert_path(), data.path());
     ui.answer("LOGIN or SIGNUP: ", "SIGNUP").await;
     ui.answer("Username: ", "alice").await;
-    ui.answer("Password: ", "pw-alice-1").await;
-    ui.answer("Repeat password: ", "pw-alice-1").await;
+    ui.answer("Password: ", "alice's group password").await;
+    ui.answer("Repeat password: ", "alice's group password")
+        .await;
     ui.answer("> ", "2").await;
     ui.answer("Group name: ", "Friends").await;
     ui.answer("Participant (-1 to end): ", "bob").await;
@@ -217,7 +218,19 @@ async fn signup_chat_and_exit_through_the_prompts() {
 
     let alice_data = tempfile::tempdir().unwrap();
     let mut ui = Session::start(&addr, &ca, alice_data.path());
+    // A weak password is refused with zxcvbn's reason, before any key is made, and the
+    // prompts start over.
     ui.answer("LOGIN or SIGNUP: ", "SIGNUP").await;
+    ui.answer("Username: ", "alice").await;
+    ui.answer("Password: ", "alice1").await;
+    ui.answer("Repeat password: ", "alice1").await;
+    ui.expect("this password is too easy to guess: ").await;
+    ui.expect("LOGIN or SIGNUP: ").await;
+    assert!(
+        !ui.seen.contains("Creating your keys"),
+        "no keys were made for the weak password"
+    );
+    ui.type_line("SIGNUP").await;
     ui.answer("Username: ", "alice").await;
     ui.answer("Password: ", "alice's password").await;
     ui.answer("Repeat password: ", "alice's password").await;
@@ -364,4 +377,60 @@ async fn the_prompt_prints_hostile_text_as_inert_text_from_its_real_sender() {
     ui.type_line("@#@EXIT@#@").await;
     ui.expect("Bye.").await;
     assert_eq!(ui.exit_code().await, 0);
+}
+
+/// `quip register` refuses a weak password with zxcvbn's reason before making keys, and
+/// accepts a strong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_refuses_a_weak_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _trust) = node(dir.path()).await;
+    let register = |password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_quip"))
+            .args(["--node", &node.local_addr().to_string(), "--ca"])
+            .arg(node.ca_cert_path())
+            .arg("--data-dir")
+            .arg(dir.path().join("client"))
+            .args(["register", "--user", "carol"])
+            .env("QUIP_PASSWORD", password)
+            .stdin(Stdio::null())
+            .output()
+    };
+    let weak = register("carol1").await.unwrap();
+    let stderr = String::from_utf8_lossy(&weak.stderr);
+    assert_eq!(weak.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this password is too easy to guess: "),
+        "{stderr}"
+    );
+    let key_files = || files_named(&dir.path().join("client"), quip_cli::e2e::KEY_FILE);
+    assert_eq!(key_files(), 0, "no keys were made");
+
+    let strong = register("carol's long walk to the harbour").await.unwrap();
+    let stdout = String::from_utf8_lossy(&strong.stdout);
+    assert!(
+        strong.status.success(),
+        "{}",
+        String::from_utf8_lossy(&strong.stderr)
+    );
+    assert!(stdout.contains("registered carol"), "{stdout}");
+    assert_eq!(key_files(), 1);
+}
+
+/// How many files called `name` are under `dir`.
+fn files_named(dir: &Path, name: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                files_named(&path, name)
+            } else {
+                usize::from(entry.file_name() == name)
+            }
+        })
+        .sum()
 }

@@ -46,11 +46,12 @@ pub struct NodeConfig {
     pub token_ttl: Duration,
     /// How long a graceful shutdown waits for clients to leave.
     pub drain_timeout: Duration,
-    /// Failed logins per account within [`Self::throttle_window`] before it is throttled.
+    /// Password attempts per account with no wait; after them each attempt makes the next
+    /// wait [`Self::login_delay_base`], doubling per attempt (kept in storage, for every node).
     pub max_failures_per_user: u32,
     /// Failed logins per address within the window before it is throttled.
     pub max_failures_per_addr: u32,
-    /// Length of the throttling window.
+    /// Length of the per-address throttling window.
     pub throttle_window: Duration,
     /// The master to register with; `None` serves alone.
     pub master: Option<crate::MasterLink>,
@@ -75,6 +76,15 @@ pub struct NodeConfig {
     /// Bytes of deliveries and answers waiting for one slow client before its pushes are
     /// dropped (it re-reads them from storage once it catches up).
     pub outbox_bytes: usize,
+    /// The first wait between password attempts once an account's free attempts are used.
+    pub login_delay_base: Duration,
+    /// The longest wait between password attempts on one account.
+    pub login_delay_max: Duration,
+    /// Signups one address may make at once; then one more per
+    /// [`Self::signup_window`] / this.
+    pub signups_per_addr: u32,
+    /// The window of [`Self::signups_per_addr`].
+    pub signup_window: Duration,
 }
 
 impl NodeConfig {
@@ -110,6 +120,10 @@ impl NodeConfig {
                 burst: 20_000,
             },
             outbox_bytes: 2 * 1024 * 1024,
+            login_delay_base: Duration::from_secs(1),
+            login_delay_max: Duration::from_secs(600),
+            signups_per_addr: 5,
+            signup_window: Duration::from_secs(600),
         }
     }
 }

@@ -155,6 +155,7 @@ pub struct NodeHandle {
     registry: Arc<registry::Registry>,
     endpoint: quinn::Endpoint,
     background: Vec<JoinHandle<()>>,
+    bcrypt_checks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl NodeHandle {
@@ -300,6 +301,7 @@ pub async fn start<S: Storage>(
             stop.clone(),
         ));
     }
+    let bcrypt_checks = node.auth.hasher.checks.clone();
     let task = tokio::spawn(accept_loop(node, endpoint.clone(), stop, active.clone()));
     tracing::info!(%addr, "node listening");
     Ok(NodeHandle {
@@ -311,6 +313,7 @@ pub async fn start<S: Storage>(
         registry,
         endpoint,
         background,
+        bcrypt_checks,
     })
 }
 

@@ -80,6 +80,13 @@ struct Args {
     /// storage later [default: 2097152].
     #[arg(long, env = "QUIP_OUTBOX_BYTES")]
     outbox_bytes: Option<usize>,
+    /// Signups one client address may make at once; then one more per
+    /// --signup-window-secs divided by this.
+    #[arg(long, env = "QUIP_SIGNUPS_PER_ADDR", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    signups_per_addr: u32,
+    /// The window of --signups-per-addr, in seconds.
+    #[arg(long, env = "QUIP_SIGNUP_WINDOW_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    signup_window_secs: u64,
 }
 
 fn default_data_dir(port: u16) -> anyhow::Result<PathBuf> {
@@ -115,6 +122,8 @@ async fn main() -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.max_image_bytes = args.max_image;
     config.bcrypt_cost = args.bcrypt_cost;
+    config.signups_per_addr = args.signups_per_addr;
+    config.signup_window = std::time::Duration::from_secs(args.signup_window_secs);
     config.advertise = args.advertise;
     fn set<T>(value: Option<T>, field: &mut T) {
         if let Some(value) = value {

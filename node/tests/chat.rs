@@ -144,7 +144,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// Logs in with a bare connection, as a client that never acknowledges.
 async fn raw_login(node: &TestNode, user: &quip_proto::ids::UserName) -> Connection {
     let conn = node.connect().await;
-    let secrets = Secrets::derive(user, PASSWORD).unwrap();
+    let secrets = Secrets::derive(user, PASSWORD, &node.deployment()).unwrap();
     let answer = conn
         .request(|req| ClientToNode::Login {
             req,
@@ -219,7 +219,7 @@ async fn seal_as(
 ) -> quip_proto::Envelope {
     let me = client.me().clone();
     let identity = e2e::KeyStore::new(user_home(home, &me))
-        .load(&Secrets::derive(&me, PASSWORD).unwrap())
+        .load(&Secrets::derive(&me, PASSWORD, &client.connection().deployment()).unwrap())
         .unwrap();
     let theirs = e2e::PeerKeys::from_public(&fetch(client, to).await).unwrap();
     let id = common::fresh_id();
@@ -342,7 +342,7 @@ async fn changed_key_stops_sending_until_accepted(backend: Backend) {
 
     // Bob (or a server pretending to be him) presents new keys.
     let new = e2e::Identity::generate(common::TEST_BITS).unwrap();
-    let secrets = Secrets::derive(&b, PASSWORD).unwrap();
+    let secrets = Secrets::derive(&b, PASSWORD, &node.deployment()).unwrap();
     let backup = e2e::encrypt_backup(&new, &secrets, &b).unwrap();
     bob.connection()
         .request(|req| ClientToNode::ReplaceKeys {
@@ -408,7 +408,9 @@ async fn fresh_directory_restores_keys_from_backup(backend: Backend) {
         "{notice}"
     );
     assert!(
-        store.load(&Secrets::derive(&b, PASSWORD).unwrap()).is_ok(),
+        store
+            .load(&Secrets::derive(&b, PASSWORD, &node.deployment()).unwrap())
+            .is_ok(),
         "key file repaired"
     );
 }

@@ -91,6 +91,18 @@ pub struct SessionRecord {
     pub expires_at: UnixMillis,
 }
 
+/// The password-login throttle state of one account name ([`Storage::update_login_throttle`]).
+/// The default (nothing recorded) is all zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoginThrottle {
+    /// Attempts counted since the state was last reset.
+    pub failures: u32,
+    /// Earliest time the next attempt may be checked.
+    pub next_at: UnixMillis,
+    /// When the last attempt was counted.
+    pub last_at: UnixMillis,
+}
+
 /// A member's role in a group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -286,6 +298,25 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes every session expired at `now`; returns how many.
     fn purge_sessions(&self, now: UnixMillis) -> impl Future<Output = Result<u64>> + Send;
+
+    // ---- login throttle ----
+
+    /// Reads the login throttle state of `user` (the default if none is stored) and replaces
+    /// it with the state `update` returns, atomically: concurrent updates of one name, from
+    /// any node on this storage, run one after the other and each sees the previous one's
+    /// result. Returning the default state deletes the row. Returns `update`'s second value.
+    fn update_login_throttle<F, T>(
+        &self,
+        user: &UserName,
+        update: F,
+    ) -> impl Future<Output = Result<T>> + Send
+    where
+        F: FnOnce(LoginThrottle) -> (LoginThrottle, T) + Send,
+        T: Send;
+
+    /// Deletes the login throttle state of every name whose last attempt was before
+    /// `before`; returns how many.
+    fn prune_login_throttle(&self, before: UnixMillis) -> impl Future<Output = Result<u64>> + Send;
 
     // ---- groups ----
 

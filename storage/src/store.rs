@@ -3,9 +3,9 @@
 use quip_proto::ids::{BlobId, GroupId, MsgId, UserName};
 
 use crate::{
-    Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, Member, NewGroup, NewMessage,
-    NewUser, PostgresStorage, QueuedMessage, Result, SessionRecord, SqliteStorage, Storage,
-    StorageError, UnixMillis, UserRecord,
+    Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, LoginThrottle, Member, NewGroup,
+    NewMessage, NewUser, PostgresStorage, QueuedMessage, Result, SessionRecord, SqliteStorage,
+    Storage, StorageError, UnixMillis, UserRecord,
 };
 
 /// Either backend, picked by [`Store::connect`] from the URL's scheme.
@@ -99,6 +99,18 @@ impl Storage for Store {
 
     async fn purge_sessions(&self, now: UnixMillis) -> Result<u64> {
         dispatch!(self.purge_sessions(now))
+    }
+
+    async fn update_login_throttle<F, T>(&self, user: &UserName, update: F) -> Result<T>
+    where
+        F: FnOnce(LoginThrottle) -> (LoginThrottle, T) + Send,
+        T: Send,
+    {
+        dispatch!(self.update_login_throttle(user, update))
+    }
+
+    async fn prune_login_throttle(&self, before: UnixMillis) -> Result<u64> {
+        dispatch!(self.prune_login_throttle(before))
     }
 
     async fn create_group(&self, group: &NewGroup) -> Result<()> {

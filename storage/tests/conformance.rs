@@ -28,6 +28,7 @@ async fn sqlite_two_handles_on_one_file() {
     let (first, second) = (first.expect("first handle"), second.expect("second handle"));
     conformance::concurrent_queues(&first, &second).await;
     conformance::concurrent_groups(&first, &second).await;
+    conformance::concurrent_login_throttle(&first, &second).await;
 }
 
 /// `Store` picks SQLite from the URL and delegates every method.
@@ -61,6 +62,7 @@ async fn postgres_two_handles() {
     let (first, second) = (first.expect("first handle"), second.expect("second handle"));
     conformance::concurrent_queues(&first, &second).await;
     conformance::concurrent_groups(&first, &second).await;
+    conformance::concurrent_login_throttle(&first, &second).await;
 }
 
 /// `Store` picks Postgres from the URL.

@@ -141,6 +141,8 @@ impl Cluster {
         config.drain_timeout = Duration::from_millis(500);
         // Every client of a local test network comes from 127.0.0.1.
         config.max_connections_per_addr = config.max_connections;
+        // Every simulated user signs up from 127.0.0.1.
+        config.signups_per_addr = u32::MAX;
         config.tls = NodeTls::Files {
             cert: certs.join(format!("{name}.pem")),
             key: certs.join(format!("{name}.key")),

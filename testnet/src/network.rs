@@ -291,6 +291,9 @@ impl Testnet {
             self.master_addr.to_string(),
             "--bcrypt-cost".to_owned(),
             self.config.bcrypt_cost.to_string(),
+            // Every simulated user signs up from 127.0.0.1.
+            "--signups-per-addr".to_owned(),
+            u32::MAX.to_string(),
         ];
         node.child = Some(Child::spawn(name, &self.config.binaries.node, &args, &log)?);
         node.down_since = None;

@@ -106,7 +106,7 @@ mod tests {
         let user = fixtures::name("alice");
         let backup = encrypt_backup(alice, secrets, &user).unwrap();
 
-        let wrong = Secrets::derive(&user, "not the password").unwrap();
+        let wrong = Secrets::derive(&user, "not the password", &fixtures::DEPLOYMENT).unwrap();
         let err = decrypt_backup(&backup, &wrong, &user).unwrap_err();
         assert!(matches!(err, E2eError::WrongPassword), "{err:?}");
 

@@ -92,6 +92,14 @@ pub enum E2eError {
         /// The limit.
         max: usize,
     },
+    /// The password is too easy to guess (zxcvbn score below the minimum).
+    #[error("this password is too easy to guess: {reason}")]
+    WeakPassword {
+        /// zxcvbn's score, 0–4.
+        score: u8,
+        /// What is wrong and what would help, from zxcvbn.
+        reason: String,
+    },
     /// The envelope would break a rule the servers enforce (recipient count, duplicates,
     /// sender missing, sizes), so sending it would be refused.
     #[error("invalid envelope: {0}")]

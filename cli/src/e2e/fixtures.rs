@@ -39,8 +39,13 @@ identity_fixture! {
     };
 }
 
+/// The deployment the fixtures' secrets are bound to.
+pub(crate) const DEPLOYMENT: super::Deployment = super::Deployment([0x5a; 32]);
+
 /// Alice's secrets for the password "alice's password" (Argon2id once per binary).
 pub(crate) fn alice_secrets() -> &'static Secrets {
     static CELL: OnceLock<Secrets> = OnceLock::new();
-    CELL.get_or_init(|| Secrets::derive(&name("alice"), "alice's password").expect("derive"))
+    CELL.get_or_init(|| {
+        Secrets::derive(&name("alice"), "alice's password", &DEPLOYMENT).expect("derive")
+    })
 }

@@ -53,5 +53,7 @@ pub use identity::{DEFAULT_KEY_BITS, Identity, MAX_KEY_BITS, MIN_KEY_BITS, PeerK
 pub use keystore::{KEY_FILE, KeyStore};
 pub use pins::{PINS_FILE, Pin, PinStore, fingerprint, safety_number};
 pub use seal::{AAD_CONTEXT, SIGNATURE_CONTEXT, delivery_for, open, seal};
-pub use secrets::{KDF_PARAMS, KdfParams, MAX_PASSWORD, Secrets};
+pub use secrets::{
+    Deployment, KDF_PARAMS, KdfParams, MAX_PASSWORD, MIN_PASSWORD_SCORE, Secrets, check_strength,
+};
 pub use seen::{DEFAULT_SEEN_CAPACITY, MAX_SEEN_CAPACITY, SEEN_FILE, SeenIds};

@@ -87,6 +87,11 @@ fn authenticate(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<UserName> {
                 say!("The passwords differ.");
                 continue;
             }
+            // Before any key is made or anything is sent.
+            if let Err(weak) = quip_cli::e2e::check_strength(&user, &password) {
+                say!("{weak}");
+                continue;
+            }
             say!("Creating your keys…");
         }
         match ask(tx, |reply| Cmd::Auth {

@@ -1,9 +1,12 @@
-//! SIGNUP, LOGIN, resume and logout.
+//! SIGNUP (limited per address), LOGIN (attempts counted before bcrypt), resume (never
+//! throttled) and logout.
+
+use std::time::Duration;
 
 use quip_proto::ids::{SessionToken, UserName};
 use quip_proto::limits::{MAX_KEY_BACKUP, MAX_LOGIN_SECRET, MAX_PUBLIC_KEY};
 use quip_proto::{ErrorCode, NodeToClient, PublicKeys, ReqId};
-use quip_storage::{NewUser, Storage, StorageError};
+use quip_storage::{LoginThrottle, NewUser, Storage, StorageError};
 
 use super::now_ms;
 use crate::auth::{new_token, token_hash};
@@ -55,6 +58,13 @@ pub(crate) async fn signup<S: Storage>(
         }
     }
     let node = session.node.clone();
+    node.auth
+        .signups
+        .check(session.remote.ip())
+        .map_err(|wait| {
+            Refusal::new(ErrorCode::RateLimited, "too many signups from your address")
+                .retry_after(wait)
+        })?;
     if node
         .storage
         .user(&user)
@@ -107,20 +117,59 @@ pub(crate) async fn login<S: Storage>(
     check_secret(&secret)?;
     let node = session.node.clone();
     let addr = session.remote.ip();
-    if let Some(wait) = node.auth.throttle.blocked_for(&user, addr) {
-        return Err(Refusal::new(ErrorCode::Throttled, "too many failed logins").retry_after(wait));
+    let now = now_ms();
+    // Both counts are taken before bcrypt (see `crate::auth`): first the address (memory),
+    // then the account (storage, shared by every node).
+    node.auth.addrs.reserve(addr).map_err(|wait| {
+        Refusal::new(
+            ErrorCode::Throttled,
+            "too many failed logins from your address",
+        )
+        .retry_after(wait)
+    })?;
+    if let Some(before) = node.auth.prune_due(now) {
+        let storage = node.storage.clone();
+        tokio::spawn(async move {
+            if let Err(err) = storage.prune_login_throttle(before).await {
+                tracing::warn!(error = %err, "cannot prune the login throttle");
+            }
+        });
+    }
+    let delays = node.auth.delays;
+    let reserved = node
+        .storage
+        .update_login_throttle(&user, move |state| delays.reserve(state, now))
+        .await;
+    let reserved = match reserved {
+        Ok(reserved) => reserved,
+        Err(err) => {
+            node.auth.addrs.refund(addr);
+            return Err(Refusal::internal(err));
+        }
+    };
+    if let Err(wait_ms) = reserved {
+        node.auth.addrs.refund(addr);
+        return Err(Refusal::new(
+            ErrorCode::Throttled,
+            format!("too many failed logins for {user}; password logins to it are slowed down"),
+        )
+        .retry_after(Duration::from_millis(wait_ms.max(1) as u64)));
     }
     let record = node.storage.user(&user).await.map_err(Refusal::internal)?;
     let hash = record.as_ref().map(|r| r.password_hash.clone());
     if !node.auth.hasher.verify(secret, hash).await {
-        node.auth.throttle.fail(&user, addr);
+        // Already counted for the account and the address.
         tracing::info!(%user, "failed login");
         return Err(Refusal::new(
             ErrorCode::InvalidCredentials,
             "wrong user name or password",
         ));
     }
-    node.auth.throttle.succeed(&user);
+    node.auth.addrs.refund(addr);
+    node.storage
+        .update_login_throttle(&user, |_| (LoginThrottle::default(), ()))
+        .await
+        .map_err(Refusal::internal)?;
     let backup = record.map(|r| r.key_backup).unwrap_or_default();
     start_session(session, req, user, backup).await
 }

@@ -122,6 +122,14 @@ impl TestNode {
         }
     }
 
+    /// The deployment the secrets of this node's users are bound to (its CA).
+    pub fn deployment(&self) -> quip_cli::e2e::Deployment {
+        match self.trust() {
+            Trust::Ca(ca) => quip_cli::e2e::Deployment::of_ca(ca.as_ref()),
+            Trust::Pinned { .. } => unreachable!("from_ca_file gives a CA"),
+        }
+    }
+
     pub fn trust(&self) -> Trust {
         Trust::from_ca_file(self.handle.ca_cert_path()).expect("CA file")
     }
@@ -137,6 +145,7 @@ impl TestNode {
     }
 
     pub async fn signup(&self, user: &UserName, home: &Path) -> Client {
+        remember_deployment(&user_home(home, user), self.deployment());
         Client::signup(
             self.connect().await,
             &user_home(home, user),
@@ -149,14 +158,34 @@ impl TestNode {
     }
 
     pub async fn login(&self, user: &UserName, home: &Path) -> Result<Client, ClientError> {
+        remember_deployment(&user_home(home, user), self.deployment());
         Client::login(self.connect().await, &user_home(home, user), user, PASSWORD).await
     }
 }
 
+/// The deployment each user directory's key file is bound to, recorded when a [`TestNode`]
+/// signs the user up or logs them in (so [`identity_of`] needs no node).
+static DEPLOYMENTS: std::sync::Mutex<Vec<(PathBuf, quip_cli::e2e::Deployment)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn remember_deployment(dir: &Path, deployment: quip_cli::e2e::Deployment) {
+    let mut all = DEPLOYMENTS.lock().unwrap();
+    all.retain(|(d, _)| d != dir);
+    all.push((dir.to_owned(), deployment));
+}
+
 /// The private keys of `user`, from the key file their client wrote under `home`.
 pub fn identity_of(home: &Path, user: &UserName) -> quip_cli::e2e::Identity {
-    quip_cli::e2e::KeyStore::new(user_home(home, user))
-        .load(&quip_cli::e2e::Secrets::derive(user, PASSWORD).unwrap())
+    let dir = user_home(home, user);
+    let deployment = DEPLOYMENTS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(d, _)| *d == dir)
+        .map(|(_, deployment)| *deployment)
+        .expect("the user signed up through a TestNode");
+    quip_cli::e2e::KeyStore::new(dir)
+        .load(&quip_cli::e2e::Secrets::derive(user, PASSWORD, &deployment).unwrap())
         .expect("key file loads")
 }
 

@@ -21,9 +21,11 @@ mod accounts;
 mod blobs;
 mod groups;
 mod queue;
+mod throttle;
 
 pub use groups::concurrent_groups;
 pub use queue::concurrent_queues;
+pub use throttle::concurrent_login_throttle;
 
 /// One hour in milliseconds.
 const HOUR: UnixMillis = 60 * 60 * 1000;
@@ -45,6 +47,8 @@ pub async fn run_all(store: &impl Storage) {
     blobs::purge(store, &fx).await;
     concurrent_queues(store, store).await;
     concurrent_groups(store, store).await;
+    throttle::login_throttle(store, &fx).await;
+    concurrent_login_throttle(store, store).await;
 }
 
 /// Checks the counts that `purge_sessions` and `purge_unfinished_blobs` return. Unlike

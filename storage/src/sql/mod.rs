@@ -37,6 +37,7 @@ pub(crate) mod accounts;
 pub(crate) mod blobs;
 pub(crate) mod groups;
 pub(crate) mod queue;
+pub(crate) mod throttle;
 
 /// What the shared SQL needs from a backend beyond its `read` and `write` pools.
 pub(crate) trait Dialect {
@@ -76,6 +77,7 @@ macro_rules! impl_storage {
                 $crate::sql::groups::groups!();
                 $crate::sql::queue::queue!();
                 $crate::sql::blobs::blobs!();
+                $crate::sql::throttle::login_throttle!();
             }
         };
     };
@@ -92,9 +94,9 @@ pub(crate) mod prelude {
     pub(crate) use super::queue::{ACK_CHUNK, MESSAGE_CHUNK, QUEUE_CHUNK};
     pub(crate) use super::{Dialect, check, decode, push_list};
     pub(crate) use crate::{
-        Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, Member, MemberEffect,
-        NewGroup, NewMessage, NewUser, QueuedMessage, Result, Role, SessionRecord, Storage,
-        StorageError, UnixMillis, UserRecord, limits,
+        Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, LoginThrottle, Member,
+        MemberEffect, NewGroup, NewMessage, NewUser, QueuedMessage, Result, Role, SessionRecord,
+        Storage, StorageError, UnixMillis, UserRecord, limits,
     };
 }
 
