@@ -328,7 +328,95 @@ async fn bad_group_requests(backend: Backend) {
     assert_eq!((state.epoch, state.members.len()), (0, 2));
 }
 
+/// Issue 11 item 8: a member appending a link with a forged or missing signature used to
+/// wreck the group for everyone (every client refuses the chain from then on). The node now
+/// verifies each link against the author's registered key.
+async fn unsigned_changes_refused(backend: Backend) {
+    let Some(node) = TestNode::start(backend).await else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let (a, b, m) = (unique("alice"), unique("bob"), unique("mallory"));
+    let mut alice = node.signup(&a, home.path()).await;
+    let mut bob = node.signup(&b, home.path()).await;
+    node.signup(&m, home.path()).await.close().await;
+    let id = alice
+        .create_group(&name("Sturdy"), std::slice::from_ref(&b))
+        .await
+        .unwrap();
+
+    // Bob's Leave with an all-zero signature, and one signed by someone else's key.
+    let mut zero = signed_by(home.path(), &mut bob, &id, Action::Leave).await;
+    zero.signature = vec![0; zero.signature.len()];
+    let (code, message) = refused(&bob, zero).await;
+    assert_eq!(code, ErrorCode::InvalidChange, "{message}");
+    assert!(message.contains("not signed"), "{message}");
+    let verified = bob.verify_group(&id).await.unwrap();
+    let change = Change {
+        group: id,
+        epoch: verified.state.epoch + 1,
+        prev: verified.head,
+        author: b.clone(),
+        action: Action::Leave,
+        at_ms: 1,
+    };
+    let forged = quip_cli::e2e::sign_change(&identity_of(home.path(), &m), change).unwrap();
+    assert_eq!(refused(&bob, forged).await.0, ErrorCode::InvalidChange);
+
+    // An unsigned genesis.
+    let genesis = quip_proto::SignedChange {
+        change: Change {
+            group: GroupId(common::fresh_id()),
+            epoch: 0,
+            prev: [0; 32],
+            author: b.clone(),
+            action: Action::Create {
+                name: name("Unsigned"),
+                members: vec![a.clone()],
+            },
+            at_ms: 1,
+        },
+        signature: Vec::new(),
+    };
+    let err = bob
+        .connection()
+        .request(|req| ClientToNode::CreateGroup { req, genesis })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            quip_cli::ConnectError::Refused {
+                code: ErrorCode::InvalidChange,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        bob.groups()
+            .await
+            .unwrap()
+            .iter()
+            .all(|g| g.name.as_str() != "Unsigned"),
+        "no group was made"
+    );
+
+    // The group still works for everyone, and a properly signed change still goes through.
+    alice
+        .send_text_to(&Chat::Group(id), "still here")
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut bob).await.1, "still here");
+    bob.send_text_to(&Chat::Group(id), "me too").await.unwrap();
+    assert_eq!(next_text(&mut alice).await.1, "me too");
+    bob.change_group(&id, Action::Leave).await.unwrap();
+    let state = alice.verify_group(&id).await.unwrap().state;
+    assert_eq!((state.epoch, state.members.len()), (1, 1));
+}
+
 on_both_backends!(
+    unsigned_changes_refused,
     membership_end_to_end,
     injected_member_gets_nothing,
     forged_chain_refused_by_clients,
