@@ -56,6 +56,11 @@ pub struct NodeConfig {
     pub master: Option<crate::MasterLink>,
     /// The address clients are told to use (default: the bound address).
     pub advertise: Option<SocketAddr>,
+    /// Most times one user may put others into groups (a group created with members, an
+    /// `Add`) in a burst; the allowance refills over [`Self::group_placement_window`].
+    pub max_group_placements: u32,
+    /// How long [`Self::max_group_placements`] takes to refill completely.
+    pub group_placement_window: Duration,
 }
 
 impl NodeConfig {
@@ -77,6 +82,8 @@ impl NodeConfig {
             throttle_window: Duration::from_secs(600),
             master: None,
             advertise: None,
+            max_group_placements: 30,
+            group_placement_window: Duration::from_secs(600),
         }
     }
 }

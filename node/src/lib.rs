@@ -63,6 +63,8 @@ pub(crate) struct Node<S: Storage> {
     pub(crate) elsewhere: std::sync::Mutex<std::collections::HashSet<quip_proto::ids::UserName>>,
     /// Open client connections, logged in or not.
     pub(crate) active: Arc<AtomicUsize>,
+    /// How fast each user may put others into groups.
+    pub(crate) placements: handler::group::Placements,
 }
 
 /// Most names kept in [`Node::known_users`] before it starts over.
@@ -255,6 +257,7 @@ pub async fn start<S: Storage>(
     let node = Arc::new(Node {
         active: active.clone(),
         auth: auth::Auth::new(&config),
+        placements: handler::group::Placements::new(&config),
         writer: queue::Writer::spawn(
             storage.clone(),
             registry.clone(),

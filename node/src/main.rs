@@ -55,6 +55,13 @@ struct Args {
     /// bcrypt cost for login secrets (at least 12).
     #[arg(long, env = "QUIP_BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(12..=31))]
     bcrypt_cost: u32,
+    /// Most times one user may put others into groups (creations with members, adds) per
+    /// --group-placement-window-secs, in a burst; more are refused with a retry time.
+    #[arg(long, env = "QUIP_MAX_GROUP_PLACEMENTS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    max_group_placements: u32,
+    /// How long the group-placement allowance takes to refill, in seconds.
+    #[arg(long, env = "QUIP_GROUP_PLACEMENT_WINDOW_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    group_placement_window_secs: u64,
 }
 
 fn default_data_dir(port: u16) -> anyhow::Result<PathBuf> {
@@ -91,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
     config.max_image_bytes = args.max_image;
     config.bcrypt_cost = args.bcrypt_cost;
     config.advertise = args.advertise;
+    config.max_group_placements = args.max_group_placements;
+    config.group_placement_window =
+        std::time::Duration::from_secs(args.group_placement_window_secs);
     if let (Some(cert), Some(key), Some(ca)) = (args.cert, args.key, args.ca) {
         if let Some(addr) = args.master {
             config.master = Some(MasterLink {

@@ -101,6 +101,25 @@ pub struct GroupSummary {
     pub epoch: u64,
 }
 
+/// Where a page of groups starts: after this group, in (name, id) order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct GroupCursor {
+    /// The last group's name.
+    pub name: GroupName,
+    /// The last group's id.
+    pub id: GroupId,
+}
+
+impl From<&GroupSummary> for GroupCursor {
+    fn from(group: &GroupSummary) -> Self {
+        Self {
+            name: group.name.clone(),
+            id: group.id,
+        }
+    }
+}
+
 /// A member's role, as the server stores it (clients derive it from the chain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -104,8 +104,8 @@ fn authenticate(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<UserName> {
 fn show_users(tx: &mpsc::Sender<Cmd>) -> Flow<()> {
     match ask(tx, Cmd::Users)? {
         Ok(users) => {
-            println!("Users:");
-            for p in users {
+            println!("Users:{}", more_of(&users));
+            for p in &users.items {
                 println!(
                     "  {} ({})",
                     p.user,
@@ -113,10 +113,10 @@ fn show_users(tx: &mpsc::Sender<Cmd>) -> Flow<()> {
                 );
             }
             match ask(tx, Cmd::Groups)? {
-                Ok(groups) if groups.is_empty() => println!("Groups: none"),
+                Ok(groups) if groups.items.is_empty() => println!("Groups: none"),
                 Ok(groups) => {
-                    println!("Groups:");
-                    groups.iter().for_each(|g| println!("  {g}"));
+                    println!("Groups:{}", more_of(&groups));
+                    groups.items.iter().for_each(|g| println!("  {g}"));
                 }
                 Err(why) => println!("Cannot list groups: {why}"),
             }
@@ -124,6 +124,15 @@ fn show_users(tx: &mpsc::Sender<Cmd>) -> Flow<()> {
         Err(why) => println!("Cannot list users: {why}"),
     }
     Ok(())
+}
+
+/// " (the first 50 of 3928)" when a list is longer than its first page.
+fn more_of<T>(page: &quip_cli::Listing<T>) -> String {
+    if page.more {
+        format!(" (the first {} of {})", page.items.len(), page.total)
+    } else {
+        String::new()
+    }
 }
 
 fn personal_chat(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {

@@ -7,10 +7,15 @@
 //! `rsa`. Every client still verifies the whole chain itself before it wraps a key.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use quip_proto::client::GroupMember;
-use quip_proto::group::{ChangeError, GroupSummary, MemberRole, Membership};
+use quip_proto::group::{ChangeError, GroupCursor, GroupSummary, MemberRole, Membership};
 use quip_proto::ids::{GroupId, UserName};
+use quip_proto::limits::{MAX_CHAIN_PAGE_BYTES, MAX_GROUP_MEMBERS, MAX_LIST_PAGE};
 use quip_proto::{Action, ErrorCode, Header, NodeToClient, ReqId, SignedChange};
 use quip_storage::{GroupChange, GroupRecord, MemberEffect, NewGroup, Role, Storage, StorageError};
 use sha2::{Digest, Sha256};
@@ -197,6 +202,44 @@ mod signature {
     }
 }
 
+/// How fast each user may put others into groups (a genesis with members, an `Add`): a
+/// keyed GCRA limit per author, so one account cannot flood someone's group list (one
+/// account once put a user into 3,928 groups in 3.4 s). One creation counts once however many
+/// members it names. Per node: a user spread over n nodes gets n times the allowance.
+pub(crate) struct Placements(DefaultKeyedRateLimiter<UserName>);
+
+/// Authors remembered before forgetting those whose allowance is full again.
+const PLACEMENT_AUTHORS: usize = 10_000;
+
+impl Placements {
+    pub(crate) fn new(config: &crate::NodeConfig) -> Self {
+        let burst = NonZeroU32::new(config.max_group_placements).unwrap_or(NonZeroU32::MIN);
+        let period = config.group_placement_window / burst.get();
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst);
+        Self(RateLimiter::keyed(quota))
+    }
+
+    /// Takes one placement from `author`'s allowance, or says when there will be one.
+    fn take(&self, author: &UserName) -> Result<(), Refusal> {
+        if self.0.len() > PLACEMENT_AUTHORS {
+            self.0.retain_recent();
+        }
+        self.0.check_key(author).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.0.clock().now());
+            Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "you are adding people to groups too fast; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )
+            .retry_after(wait)
+        })
+    }
+}
+
 fn unknown_group(id: &GroupId) -> Refusal {
     Refusal::new(
         ErrorCode::UnknownGroup,
@@ -295,6 +338,9 @@ pub(crate) async fn create<S: Storage>(
         .filter(|m| *m != user)
         .cloned()
         .collect();
+    if !others.is_empty() {
+        node.placements.take(user)?;
+    }
     check_users_exist(node, &others.iter().collect::<Vec<_>>()).await?;
     let created = node
         .storage
@@ -346,13 +392,13 @@ pub(crate) async fn change<S: Storage>(
     let state = membership(node, &change.group, user).await?;
     state.check(change).map_err(refusal)?;
     // The link must follow the stored chain.
-    let chain = node
+    let last = node
         .storage
-        .chain(&change.group)
+        .chain(&change.group, state.epoch, 1)
         .await
         .map_err(Refusal::internal)?;
-    let head: [u8; 32] = chain
-        .last()
+    let head: [u8; 32] = last
+        .first()
         .map(|last| Sha256::digest(last).into())
         .unwrap_or_default();
     if change.prev != head {
@@ -365,6 +411,7 @@ pub(crate) async fn change<S: Storage>(
     let effect = match &change.action {
         Action::Add(target) => {
             check_users_exist(node, &[target]).await?;
+            node.placements.take(user)?;
             MemberEffect::Add(target.clone())
         }
         Action::Remove(target) => MemberEffect::Remove(target.clone()),
@@ -402,39 +449,68 @@ pub(crate) async fn change<S: Storage>(
     Ok(())
 }
 
-pub(crate) async fn list<S: Storage>(session: &Session<S>, req: ReqId) -> Result<(), Refusal> {
+/// One page of the caller's groups: at most [`MAX_LIST_PAGE`], so it always fits a frame.
+pub(crate) async fn list<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    after: Option<GroupCursor>,
+    limit: u32,
+) -> Result<(), Refusal> {
     let user = session.user()?;
-    let groups = session
+    let limit = usize::try_from(limit).map_or(MAX_LIST_PAGE, |l| l.clamp(1, MAX_LIST_PAGE));
+    let page = session
         .node
         .storage
-        .groups_of(user)
+        .groups_of(user, after.as_ref().map(|c| (&c.name, &c.id)), limit)
         .await
         .map_err(Refusal::internal)?;
-    let groups = groups.into_iter().map(summary).collect();
-    session.send(&NodeToClient::Groups { req, groups }).await;
+    let groups = page.items.into_iter().map(summary).collect();
+    session
+        .send(&NodeToClient::Groups {
+            req,
+            groups,
+            total: page.total,
+            more: page.more,
+        })
+        .await;
     Ok(())
 }
 
+/// Links read from storage per `GroupInfo` answer, before the byte budget trims them.
+const CHAIN_PAGE_LINKS: usize = 128;
+
+/// A group's members and one page of its chain from `from_epoch`: links up to
+/// [`MAX_CHAIN_PAGE_BYTES`] (at least one), so the answer always fits a frame.
 pub(crate) async fn info<S: Storage>(
     session: &Session<S>,
     req: ReqId,
     id: GroupId,
+    from_epoch: u64,
 ) -> Result<(), Refusal> {
     let user = session.user()?;
     let node = &session.node;
     let state = membership(node, &id, user).await?;
-    let chain = node
+    let stored = node
         .storage
-        .chain(&id)
+        .chain(&id, from_epoch, CHAIN_PAGE_LINKS)
         .await
-        .map_err(Refusal::internal)?
-        .iter()
-        .map(|bytes| SignedChange::from_bytes(bytes))
-        .collect::<Result<Vec<_>, _>>()
         .map_err(Refusal::internal)?;
+    let mut chain = Vec::new();
+    let mut bytes = 0;
+    for link in &stored {
+        bytes += link.len();
+        if bytes > MAX_CHAIN_PAGE_BYTES && !chain.is_empty() {
+            break;
+        }
+        chain.push(SignedChange::from_bytes(link).map_err(Refusal::internal)?);
+    }
+    let more = chain
+        .last()
+        .is_some_and(|last: &SignedChange| last.change.epoch < state.epoch);
     let members = state
         .members
         .iter()
+        .take(MAX_GROUP_MEMBERS)
         .map(|(user, role)| GroupMember {
             user: user.clone(),
             role: *role,
@@ -451,6 +527,7 @@ pub(crate) async fn info<S: Storage>(
             },
             members,
             chain,
+            more,
         })
         .await;
     Ok(())
