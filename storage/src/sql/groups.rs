@@ -232,8 +232,8 @@ macro_rules! groups {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.read)
             .await?;
-            // Every group has its genesis, written with it: no rows from 0 means no group.
-            if chain.is_empty() && (from == 0 || self.group(id).await?.is_none()) {
+            // Past the end (or a zero limit) is empty; an unknown group is an error.
+            if chain.is_empty() && self.group(id).await?.is_none() {
                 return Err(StorageError::NotFound { what: "group" });
             }
             Ok(chain)
