@@ -1,9 +1,9 @@
 //! Signed group membership changes: a chain from the creator's genesis, each link signed by
 //! an admin and bound to the previous one by epoch and hash.
 //!
-//! The node checks roles from storage before it accepts a change; every client verifies the
-//! whole chain (signatures, epochs, hashes, who was admin when) before it wraps a content key
-//! for anyone, so a server that injects a member gains nothing.
+//! The node checks roles from storage and the author's signature before it accepts a change;
+//! every client verifies the whole chain (signatures, epochs, hashes, who was admin when)
+//! before it wraps a content key for anyone, so a server that injects a member gains nothing.
 
 use serde::{Deserialize, Serialize};
 
