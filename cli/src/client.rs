@@ -14,8 +14,8 @@ use quip_proto::{
 
 use crate::connection::{ConnectError, Connection, Event};
 use crate::e2e::{
-    self, Deployment, E2eError, IMAGE_CHUNK, Identity, ImageDecryptor, ImageEncryptor, ImageKey,
-    KeyStore, PeerKeys, Pin, PinStore, Secrets, SeenIds,
+    self, ChainHeads, Deployment, E2eError, IMAGE_CHUNK, Identity, ImageDecryptor, ImageEncryptor,
+    ImageKey, KeyStore, PeerKeys, Pin, PinStore, Secrets, SeenIds,
 };
 use crate::group::{Chat, Sent, VerifiedGroup};
 
@@ -64,6 +64,35 @@ pub enum ClientError {
     /// No such group, or we are not in it.
     #[error("no group {0}")]
     UnknownGroup(String),
+    /// A group message from someone the verified chain does not show as a member at the
+    /// epoch the message names: dropped.
+    #[error("{sender} was not a member of {group} at epoch {epoch}; the message is dropped")]
+    NotAMember {
+        /// The claimed sender.
+        sender: UserName,
+        /// The group's name.
+        group: String,
+        /// The epoch the message names.
+        epoch: u64,
+    },
+    /// The server shows a group's membership chain older than (or different from) what this
+    /// client already verified: it may be hiding a change such as a removal. Nothing is sent
+    /// to the group and nothing from it is accepted until it shows the whole chain.
+    #[error(
+        "the server shows group {name} at membership epoch {shown}, but this client already \
+         verified epoch {seen} with a different history: it may be undoing a change (such as \
+         a removal); nothing is sent to or accepted from {name} until it shows the whole chain"
+    )]
+    RolledBack {
+        /// The group.
+        group: GroupId,
+        /// Its name, as the chain shown says.
+        name: String,
+        /// The highest epoch this client verified.
+        seen: u64,
+        /// The epoch the server shows.
+        shown: u64,
+    },
     /// A local file could not be used.
     #[error("{path}: {source}")]
     Io {
@@ -82,6 +111,17 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// One page of a list the node answers in pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<T> {
+    /// The entries.
+    pub items: Vec<T>,
+    /// How many there are in all.
+    pub total: u64,
+    /// More follow the last one.
+    pub more: bool,
 }
 
 /// A message shown to the user.
@@ -185,6 +225,8 @@ pub struct Client {
     progress: Option<Box<dyn FnMut(u64, u64) + Send + Sync>>,
     /// Groups whose signed chain this client verified, by id.
     pub(crate) groups: HashMap<GroupId, VerifiedGroup>,
+    /// The highest verified point of each group's chain, on disk.
+    pub(crate) heads: ChainHeads,
     notices: Vec<String>,
 }
 
@@ -309,6 +351,7 @@ impl Client {
             dir: dir.to_owned(),
             progress: None,
             groups: HashMap::new(),
+            heads: ChainHeads::open(dir)?,
             notices: Vec::new(),
         })
     }
@@ -346,15 +389,40 @@ impl Client {
         &self.conn
     }
 
-    /// Every user and whether they are online.
-    pub async fn users(&self) -> Result<Vec<Presence>, ClientError> {
+    /// One page of users (by name) and whether they are online, after `after`; the node
+    /// caps `limit`.
+    pub async fn users_page(
+        &self,
+        after: Option<UserName>,
+        limit: u32,
+    ) -> Result<Listing<Presence>, ClientError> {
         match self
             .conn
-            .request(|req| ClientToNode::ListUsers { req })
+            .request(|req| ClientToNode::ListUsers { req, after, limit })
             .await?
         {
-            NodeToClient::Users { users, .. } => Ok(users),
+            NodeToClient::Users {
+                users, total, more, ..
+            } => Ok(Listing {
+                items: users,
+                total,
+                more,
+            }),
             _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Every user and whether they are online, fetched page by page.
+    pub async fn users(&self) -> Result<Vec<Presence>, ClientError> {
+        let mut all: Vec<Presence> = Vec::new();
+        loop {
+            let after = all.last().map(|p| p.user.clone());
+            let page = self.users_page(after, u32::MAX).await?;
+            let done = !page.more || page.items.is_empty();
+            all.extend(page.items);
+            if done {
+                return Ok(all);
+            }
         }
     }
 

@@ -186,6 +186,56 @@ async fn groups_through_the_prompts() {
     assert_eq!(ui.exit_code().await, 0);
 }
 
+/// Issue 11 item 10: a user put into many groups still gets a prompt: the menu shows the
+/// first page of groups and how many there are (it used to wait forever for one answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_groups_show_the_first_page_and_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, trust) = node(dir.path()).await;
+    let addr = node.local_addr().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let signup = |name: &'static str, root: std::path::PathBuf| {
+        let trust = trust.clone();
+        let at = node.local_addr();
+        let addr = addr.clone();
+        async move {
+            let user = UserName::new(name).unwrap();
+            let conn = quip_cli::Connection::connect(at, quip_quic::names::NODE, &trust)
+                .await
+                .unwrap();
+            let dir = quip_cli::user_dir(&root, &addr, &user);
+            Client::signup(conn, &dir, &user, &format!("{name}'s password"), 2048)
+                .await
+                .unwrap()
+        }
+    };
+    signup("alice", data.path().to_owned()).await.close().await;
+    let alice = UserName::new("alice").unwrap();
+    // Three authors (each within the per-author limit) put alice into 60 groups.
+    for author in ["bob", "carol", "dave"] {
+        let mut client = signup(author, home.path().to_owned()).await;
+        for i in 0..20 {
+            let name = quip_proto::ids::GroupName::new(&format!("{author} {i:02}")).unwrap();
+            client
+                .create_group(&name, std::slice::from_ref(&alice))
+                .await
+                .unwrap();
+        }
+        client.close().await;
+    }
+
+    let mut ui = Session::start(&addr, node.ca_cert_path(), data.path());
+    ui.answer("LOGIN or SIGNUP: ", "LOGIN").await;
+    ui.answer("Username: ", "alice").await;
+    ui.answer("Password: ", "alice's password").await;
+    ui.expect("Groups: (the first 50 of 60)").await;
+    ui.expect("bob 00 (by bob)").await;
+    ui.answer("> ", "@#@EXIT@#@").await;
+    ui.expect("Bye.").await;
+    assert_eq!(ui.exit_code().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signup_chat_and_exit_through_the_prompts() {
     let dir = tempfile::tempdir().unwrap();

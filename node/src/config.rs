@@ -85,6 +85,11 @@ pub struct NodeConfig {
     pub signups_per_addr: u32,
     /// The window of [`Self::signups_per_addr`].
     pub signup_window: Duration,
+    /// Most times one user may put others into groups (a group created with members, an
+    /// `Add`) in a burst; the allowance refills over [`Self::group_placement_window`].
+    pub max_group_placements: u32,
+    /// How long [`Self::max_group_placements`] takes to refill completely.
+    pub group_placement_window: Duration,
 }
 
 impl NodeConfig {
@@ -124,6 +129,8 @@ impl NodeConfig {
             login_delay_max: Duration::from_secs(600),
             signups_per_addr: 5,
             signup_window: Duration::from_secs(600),
+            max_group_placements: 30,
+            group_placement_window: Duration::from_secs(600),
         }
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct Node<S: Storage> {
     pub(crate) per_addr: quip_quic::PerAddress,
     /// Transport limits of a logged-in client connection (a new one starts smaller).
     pub(crate) limits: Limits,
+    /// How fast each user may put others into groups.
+    pub(crate) placements: handler::group::Placements,
 }
 
 /// Most names kept in [`Node::known_users`] before it starts over.
@@ -272,6 +274,7 @@ pub async fn start<S: Storage>(
     let node = Arc::new(Node {
         active: active.clone(),
         auth: auth::Auth::new(&config),
+        placements: handler::group::Placements::new(&config),
         writer: queue::Writer::spawn(
             storage.clone(),
             registry.clone(),

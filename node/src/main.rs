@@ -87,6 +87,13 @@ struct Args {
     /// The window of --signups-per-addr, in seconds.
     #[arg(long, env = "QUIP_SIGNUP_WINDOW_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     signup_window_secs: u64,
+    /// Most times one user may put others into groups (creations with members, adds) per
+    /// --group-placement-window-secs, in a burst; more are refused with a retry time.
+    #[arg(long, env = "QUIP_MAX_GROUP_PLACEMENTS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    max_group_placements: u32,
+    /// How long the group-placement allowance takes to refill, in seconds.
+    #[arg(long, env = "QUIP_GROUP_PLACEMENT_WINDOW_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    group_placement_window_secs: u64,
 }
 
 fn default_data_dir(port: u16) -> anyhow::Result<PathBuf> {
@@ -148,6 +155,9 @@ async fn main() -> anyhow::Result<()> {
     );
     set(args.requests_after_login, &mut config.requests_after_login);
     set(args.outbox_bytes, &mut config.outbox_bytes);
+    config.max_group_placements = args.max_group_placements;
+    config.group_placement_window =
+        std::time::Duration::from_secs(args.group_placement_window_secs);
     if let (Some(cert), Some(key), Some(ca)) = (args.cert, args.key, args.ca) {
         if let Some(addr) = args.master {
             config.master = Some(MasterLink {

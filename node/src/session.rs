@@ -102,7 +102,7 @@ pub(crate) struct Session<S: Storage> {
 impl<S: Storage> Session<S> {
     /// Queues an answer (waits if this client's outbox is full).
     pub(crate) async fn send(&self, msg: &NodeToClient) {
-        match frame::encode(msg) {
+        match frame::encode(msg).or_else(|err| crate::handler::unsendable(msg, err)) {
             Ok(bytes) => {
                 let _ = self.outbox.send(Outgoing::Frame(Bytes::from(bytes))).await;
             }
@@ -161,13 +161,13 @@ fn request_id(msg: &ClientToNode) -> Option<ReqId> {
         | Login { req, .. }
         | Resume { req, .. }
         | Logout { req }
-        | ListUsers { req }
+        | ListUsers { req, .. }
         | FetchKeys { req, .. }
         | ReplaceKeys { req, .. }
         | Send { req, .. }
         | CreateGroup { req, .. }
         | ChangeGroup { req, .. }
-        | ListGroups { req }
+        | ListGroups { req, .. }
         | GroupInfo { req, .. }
         | FetchBlob { req, .. }
         | Ping { req } => Some(*req),

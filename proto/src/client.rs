@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Delivery, Envelope};
 use crate::error_code::ErrorCode;
-use crate::group::{GroupSummary, MemberRole, SignedChange};
+use crate::group::{GroupCursor, GroupSummary, MemberRole, SignedChange};
 use crate::ids::{GroupId, MsgId, NodeName, SessionToken, UserName};
 
 /// Request id chosen by the client, echoed by the node.
@@ -99,10 +99,14 @@ pub enum ClientToNode {
         /// Request id.
         req: ReqId,
     },
-    /// Asks for every user and their presence.
+    /// Asks for one page of users and their presence, by name.
     ListUsers {
         /// Request id.
         req: ReqId,
+        /// Start after this name (`None`: from the first).
+        after: Option<UserName>,
+        /// Most users wanted; the node caps it at [`crate::limits::MAX_LIST_PAGE`].
+        limit: u32,
     },
     /// Asks for a user's public keys.
     FetchKeys {
@@ -148,17 +152,23 @@ pub enum ClientToNode {
         /// The change.
         change: SignedChange,
     },
-    /// Lists the caller's groups.
+    /// Lists one page of the caller's groups, by name then id.
     ListGroups {
         /// Request id.
         req: ReqId,
+        /// Start after this group (`None`: from the first).
+        after: Option<GroupCursor>,
+        /// Most groups wanted; the node caps it at [`crate::limits::MAX_LIST_PAGE`].
+        limit: u32,
     },
-    /// Asks for a group's members and full signed chain.
+    /// Asks for a group's members and one page of its signed chain.
     GroupInfo {
         /// Request id.
         req: ReqId,
         /// The group.
         group: GroupId,
+        /// The first link wanted (0: from the genesis).
+        from_epoch: u64,
     },
     /// Asks for a blob (an image) to be streamed on a new stream.
     FetchBlob {
@@ -200,13 +210,17 @@ pub enum NodeToClient {
         /// Request id.
         req: ReqId,
     },
-    /// Answer to `ListUsers`.
+    /// Answer to `ListUsers`: one page.
     Users {
         /// Request id.
         req: ReqId,
-        /// Every user, by name.
+        /// Users, by name.
         #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(3)"))]
         users: Vec<Presence>,
+        /// How many users there are in all.
+        total: u64,
+        /// More follow: ask again after the last one.
+        more: bool,
     },
     /// Answer to `FetchKeys`.
     Keys {
@@ -230,13 +244,17 @@ pub enum NodeToClient {
     Deliver(Delivery),
     /// Someone came online or went offline.
     Presence(Presence),
-    /// Answer to `ListGroups`.
+    /// Answer to `ListGroups`: one page.
     Groups {
         /// Request id.
         req: ReqId,
-        /// The caller's groups.
+        /// The caller's groups, by name then id.
         #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(3)"))]
         groups: Vec<GroupSummary>,
+        /// How many groups the caller is in.
+        total: u64,
+        /// More follow: ask again after the last one.
+        more: bool,
     },
     /// Answer to `GroupInfo`.
     Group {
@@ -244,12 +262,15 @@ pub enum NodeToClient {
         req: ReqId,
         /// The group.
         summary: GroupSummary,
-        /// Members and roles as stored.
+        /// Members and roles as stored (at most [`crate::limits::MAX_GROUP_MEMBERS`], so
+        /// they always fit).
         #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(3)"))]
         members: Vec<GroupMember>,
-        /// The signed chain, genesis first.
+        /// Links of the signed chain from the epoch asked for, in order.
         #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
         chain: Vec<SignedChange>,
+        /// More links follow: ask again from the epoch after the last one.
+        more: bool,
     },
     /// A group the client belongs to (or just left) changed.
     GroupChanged {
@@ -307,6 +328,25 @@ impl ClientToNode {
 }
 
 impl NodeToClient {
+    /// The request this message answers (`None` for pushes).
+    pub fn req(&self) -> Option<ReqId> {
+        match self {
+            Self::LoggedIn { req, .. }
+            | Self::Done { req }
+            | Self::Users { req, .. }
+            | Self::Keys { req, .. }
+            | Self::Stored { req, .. }
+            | Self::Groups { req, .. }
+            | Self::Group { req, .. }
+            | Self::Pong { req } => Some(*req),
+            Self::Error { req, .. } => *req,
+            Self::Deliver(_)
+            | Self::Presence(_)
+            | Self::GroupChanged { .. }
+            | Self::Reconnect { .. } => None,
+        }
+    }
+
     /// This message's variant name (safe to log: no secrets).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -1,9 +1,9 @@
 //! Signed group membership changes: a chain from the creator's genesis, each link signed by
 //! an admin and bound to the previous one by epoch and hash.
 //!
-//! The node checks roles from storage before it accepts a change; every client verifies the
-//! whole chain (signatures, epochs, hashes, who was admin when) before it wraps a content key
-//! for anyone, so a server that injects a member gains nothing.
+//! The node checks roles from storage and the author's signature before it accepts a change;
+//! every client verifies the whole chain (signatures, epochs, hashes, who was admin when)
+//! before it wraps a content key for anyone, so a server that injects a member gains nothing.
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +99,25 @@ pub struct GroupSummary {
     pub creator: UserName,
     /// Current epoch.
     pub epoch: u64,
+}
+
+/// Where a page of groups starts: after this group, in (name, id) order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct GroupCursor {
+    /// The last group's name.
+    pub name: GroupName,
+    /// The last group's id.
+    pub id: GroupId,
+}
+
+impl From<&GroupSummary> for GroupCursor {
+    fn from(group: &GroupSummary) -> Self {
+        Self {
+            name: group.name.clone(),
+            id: group.id,
+        }
+    }
 }
 
 /// A member's role, as the server stores it (clients derive it from the chain).

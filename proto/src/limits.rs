@@ -27,3 +27,9 @@ pub const DEFAULT_MAX_IMAGE: u64 = 25 * 1024 * 1024;
 pub const MAX_LOGIN_SECRET: usize = 64;
 /// Longest free-text field (error messages, reasons, client names).
 pub const MAX_TEXT_FIELD: usize = 512;
+/// Most entries in one page of a list answer (users, groups). A page of the largest entries
+/// (a group summary is at most ~320 bytes) stays under half a frame.
+pub const MAX_LIST_PAGE: usize = 1000;
+/// Most bytes of signed chain links in one `Group` answer (half a frame; the members list,
+/// bounded by [`MAX_GROUP_MEMBERS`], and the rest fit in the other half).
+pub const MAX_CHAIN_PAGE_BYTES: usize = MAX_FRAME / 2;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::client::GroupMember;
-use crate::group::{GroupSummary, MemberRole};
+use crate::group::{GroupCursor, GroupSummary, MemberRole};
 use crate::ids::{BlobId, GroupId, GroupName, MsgId, NodeName, SessionToken, UserName};
 use crate::relay::{Load, NodeStatus, Relayed};
 use crate::*;
@@ -167,7 +167,11 @@ fn client_to_node() -> Vec<ClientToNode> {
             token: SessionToken([0x70; 32]),
         },
         Logout { req: 4 },
-        ListUsers { req: 5 },
+        ListUsers {
+            req: 5,
+            after: Some(alice()),
+            limit: 100,
+        },
         FetchKeys {
             req: 6,
             user: bob(),
@@ -198,10 +202,15 @@ fn client_to_node() -> Vec<ClientToNode> {
             req: 10,
             change: change(Action::Add(bob()), 1),
         },
-        ListGroups { req: 11 },
+        ListGroups {
+            req: 11,
+            after: Some(GroupCursor::from(&summary())),
+            limit: 100,
+        },
         GroupInfo {
             req: 12,
             group: GroupId([0x22; 16]),
+            from_epoch: 1,
         },
         FetchBlob {
             req: 13,
@@ -229,6 +238,8 @@ fn node_to_client() -> Vec<NodeToClient> {
                 user: bob(),
                 online: true,
             }],
+            total: 2,
+            more: true,
         },
         Keys {
             req: 4,
@@ -248,6 +259,8 @@ fn node_to_client() -> Vec<NodeToClient> {
         Groups {
             req: 6,
             groups: vec![summary()],
+            total: 1,
+            more: false,
         },
         Group {
             req: 7,
@@ -257,6 +270,7 @@ fn node_to_client() -> Vec<NodeToClient> {
                 role: MemberRole::Admin,
             }],
             chain: vec![change(Action::Promote(bob()), 1)],
+            more: false,
         },
         GroupChanged {
             change: change(Action::Remove(bob()), 2),
@@ -467,4 +481,55 @@ fn fuzz<T: DeserializeOwned + Serialize>(examples: &[T]) {
     }
     // Mutations that keep a frame valid exist, but most must be refused.
     assert!(decoded < FUZZ_INPUTS, "the decoder accepted every input");
+}
+
+/// The largest page of each list answer fits in half a frame, so the node never has an
+/// answer it cannot send.
+#[test]
+fn largest_pages_fit() {
+    let longest_user = UserName::new(&"u".repeat(crate::ids::USER_NAME_MAX)).unwrap();
+    let widest_group = GroupName::new(&"\u{1F600}".repeat(crate::ids::GROUP_NAME_MAX)).unwrap();
+    let group = GroupSummary {
+        id: GroupId([0xff; 16]),
+        name: widest_group,
+        creator: longest_user.clone(),
+        epoch: u64::MAX,
+    };
+    let answers = [
+        NodeToClient::Groups {
+            req: u32::MAX,
+            groups: vec![group.clone(); limits::MAX_LIST_PAGE],
+            total: u64::MAX,
+            more: true,
+        },
+        NodeToClient::Users {
+            req: u32::MAX,
+            users: vec![
+                client::Presence {
+                    user: longest_user.clone(),
+                    online: true,
+                };
+                limits::MAX_LIST_PAGE
+            ],
+            total: u64::MAX,
+            more: true,
+        },
+        NodeToClient::Group {
+            req: u32::MAX,
+            summary: group,
+            members: vec![
+                GroupMember {
+                    user: longest_user,
+                    role: MemberRole::Member,
+                };
+                limits::MAX_GROUP_MEMBERS
+            ],
+            chain: Vec::new(),
+            more: true,
+        },
+    ];
+    for answer in answers {
+        let len = frame::encode(&answer).unwrap().len();
+        assert!(len < limits::MAX_FRAME / 2, "{}: {len}", answer.kind());
+    }
 }

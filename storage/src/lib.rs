@@ -235,6 +235,17 @@ pub struct QueuedMessage {
     pub blob: Option<BlobId>,
 }
 
+/// One page of a list, in a stable order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The entries.
+    pub items: Vec<T>,
+    /// More entries follow the last one.
+    pub more: bool,
+    /// How many entries the whole list has.
+    pub total: u64,
+}
+
 /// An image blob's metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobInfo {
@@ -262,8 +273,14 @@ pub trait Storage: Send + Sync + 'static {
     /// The account with this name, if any.
     fn user(&self, name: &UserName) -> impl Future<Output = Result<Option<UserRecord>>> + Send;
 
-    /// Every account name, sorted (by bytes, whatever the database's collation).
-    fn list_users(&self) -> impl Future<Output = Result<Vec<UserName>>> + Send;
+    /// One page of account names: up to `limit` names after `after` (from the first when
+    /// `None`), in the database's order for names (byte order on SQLite; the collation's on
+    /// Postgres). Walking the pages lists every account once.
+    fn list_users(
+        &self,
+        after: Option<&UserName>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page<UserName>>> + Send;
 
     /// Replaces a user's public keys and key backup (key rotation or recovery).
     /// Unknown user → [`StorageError::NotFound`]; oversized fields → [`StorageError::TooLarge`].
@@ -330,8 +347,15 @@ pub trait Storage: Send + Sync + 'static {
     /// The group, if it exists.
     fn group(&self, id: &GroupId) -> impl Future<Output = Result<Option<GroupRecord>>> + Send;
 
-    /// The groups `user` belongs to, sorted by name.
-    fn groups_of(&self, user: &UserName) -> impl Future<Output = Result<Vec<GroupRecord>>> + Send;
+    /// One page of the groups `user` belongs to: up to `limit` after the group `after` names
+    /// (name, id), ordered by name (in the database's order for text) then id. Walking the
+    /// pages lists every group once.
+    fn groups_of(
+        &self,
+        user: &UserName,
+        after: Option<(&GroupName, &GroupId)>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page<GroupRecord>>> + Send;
 
     /// The group's members and roles, sorted by name. Unknown group → [`StorageError::NotFound`].
     fn members(&self, id: &GroupId) -> impl Future<Output = Result<Vec<Member>>> + Send;
@@ -344,8 +368,14 @@ pub trait Storage: Send + Sync + 'static {
     /// [`StorageError::TooLarge`].
     fn apply_change(&self, change: &GroupChange) -> impl Future<Output = Result<()>> + Send;
 
-    /// The signed membership chain, genesis first. Unknown group → [`StorageError::NotFound`].
-    fn chain(&self, id: &GroupId) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
+    /// Up to `limit` links of the signed membership chain from epoch `from` on, in order
+    /// (empty past the last). Unknown group → [`StorageError::NotFound`].
+    fn chain(
+        &self,
+        id: &GroupId,
+        from: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
 
     // ---- message queues ----
 

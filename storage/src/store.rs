@@ -1,11 +1,11 @@
 //! [`Store`]: the backend chosen at run time from a database URL.
 
-use quip_proto::ids::{BlobId, GroupId, MsgId, UserName};
+use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
 
 use crate::{
     Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, LoginThrottle, Member, NewGroup,
-    NewMessage, NewUser, PostgresStorage, QueuedMessage, Result, SessionRecord, SqliteStorage,
-    Storage, StorageError, UnixMillis, UserRecord,
+    NewMessage, NewUser, Page, PostgresStorage, QueuedMessage, Result, SessionRecord,
+    SqliteStorage, Storage, StorageError, UnixMillis, UserRecord,
 };
 
 /// Either backend, picked by [`Store::connect`] from the URL's scheme.
@@ -62,8 +62,8 @@ impl Storage for Store {
         dispatch!(self.user(name))
     }
 
-    async fn list_users(&self) -> Result<Vec<UserName>> {
-        dispatch!(self.list_users())
+    async fn list_users(&self, after: Option<&UserName>, limit: usize) -> Result<Page<UserName>> {
+        dispatch!(self.list_users(after, limit))
     }
 
     async fn replace_keys(
@@ -121,8 +121,13 @@ impl Storage for Store {
         dispatch!(self.group(id))
     }
 
-    async fn groups_of(&self, user: &UserName) -> Result<Vec<GroupRecord>> {
-        dispatch!(self.groups_of(user))
+    async fn groups_of(
+        &self,
+        user: &UserName,
+        after: Option<(&GroupName, &GroupId)>,
+        limit: usize,
+    ) -> Result<Page<GroupRecord>> {
+        dispatch!(self.groups_of(user, after, limit))
     }
 
     async fn members(&self, id: &GroupId) -> Result<Vec<Member>> {
@@ -133,8 +138,8 @@ impl Storage for Store {
         dispatch!(self.apply_change(change))
     }
 
-    async fn chain(&self, id: &GroupId) -> Result<Vec<Vec<u8>>> {
-        dispatch!(self.chain(id))
+    async fn chain(&self, id: &GroupId, from: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
+        dispatch!(self.chain(id, from, limit))
     }
 
     async fn enqueue(&self, messages: &[NewMessage]) -> Result<Vec<Enqueued>> {

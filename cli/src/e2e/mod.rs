@@ -13,6 +13,7 @@
 //! | [`PinStore`], [`fingerprint`], [`safety_number`] | trust on first use and out-of-band comparison |
 //! | [`SeenIds`] | drops redelivered or replayed messages by id, across restarts |
 //! | [`sign_change`], [`verify_change`] | signatures on group membership changes |
+//! | [`ChainHeads`] | the highest verified point of each group's chain, so a rollback is refused |
 //!
 //! ## Invariants
 //!
@@ -31,6 +32,7 @@ mod backup;
 mod error;
 mod files;
 mod group;
+mod heads;
 mod identity;
 mod image;
 pub use image::{
@@ -49,6 +51,7 @@ pub(crate) mod fixtures;
 pub use backup::{BACKUP_MAGIC, decrypt_backup, encrypt_backup};
 pub use error::{E2eError, Result};
 pub use group::{sign_change, verify_change};
+pub use heads::{ChainHead, ChainHeads, HEADS_FILE};
 pub use identity::{DEFAULT_KEY_BITS, Identity, MAX_KEY_BITS, MIN_KEY_BITS, PeerKeys};
 pub use keystore::{KEY_FILE, KeyStore};
 pub use pins::{PINS_FILE, Pin, PinStore, fingerprint, safety_number};

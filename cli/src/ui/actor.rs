@@ -3,7 +3,7 @@
 
 use quip_cli::Chat;
 use quip_cli::e2e::DEFAULT_KEY_BITS;
-use quip_cli::{Client, ClientError, Incoming};
+use quip_cli::{Client, ClientError, Incoming, Listing};
 use quip_proto::client::Presence;
 use quip_proto::ids::{GroupId, GroupName, UserName};
 use quip_proto::{Action, Conversation, ErrorCode};
@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::input::Printer;
 use crate::commands::Target;
 
+/// Most users or groups the menu lists at once: a huge list (one account once put a user
+/// into thousands of groups) shows its first page and a count, never stalls the prompt.
+const MENU_PAGE: u32 = 50;
+
 /// What the prompt loop asks of the connection.
 pub(crate) enum Cmd {
     Auth {
@@ -22,7 +26,8 @@ pub(crate) enum Cmd {
         password: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    Users(oneshot::Sender<Result<Vec<Presence>, String>>),
+    /// The first page of users (the menu shows it and how many there are in all).
+    Users(oneshot::Sender<Result<Listing<Presence>, String>>),
     Send {
         to: Chat,
         text: String,
@@ -33,7 +38,8 @@ pub(crate) enum Cmd {
         path: std::path::PathBuf,
         reply: oneshot::Sender<Result<Vec<String>, SendError>>,
     },
-    Groups(oneshot::Sender<Result<Vec<String>, String>>),
+    /// The first page of our groups, described, and how many there are in all.
+    Groups(oneshot::Sender<Result<Listing<String>, String>>),
     CreateGroup {
         name: GroupName,
         members: Vec<UserName>,
@@ -187,7 +193,8 @@ async fn handle(client: &mut Client, cmd: Cmd) {
             let _ = reply.send(Err("already logged in".into()));
         }
         Cmd::Users(reply) => {
-            let _ = reply.send(client.users().await.map_err(|e| describe(&e)));
+            let page = client.users_page(None, MENU_PAGE).await;
+            let _ = reply.send(page.map_err(|e| describe(&e)));
         }
         Cmd::Send { to, text, reply } => {
             let result = client.send_text_to(&to, &text).await;
@@ -199,12 +206,18 @@ async fn handle(client: &mut Client, cmd: Cmd) {
             let _ = reply.send(result.map(|s| s.left_out).map_err(send_error));
         }
         Cmd::Groups(reply) => {
-            let groups = client.groups().await.map(|groups| {
-                groups
-                    .into_iter()
-                    .map(|g| format!("{} (by {})", g.name, g.creator))
-                    .collect()
-            });
+            let groups = client
+                .groups_page(None, MENU_PAGE)
+                .await
+                .map(|page| Listing {
+                    items: page
+                        .items
+                        .into_iter()
+                        .map(|g| format!("{} (by {})", g.name, g.creator))
+                        .collect(),
+                    total: page.total,
+                    more: page.more,
+                });
             let _ = reply.send(groups.map_err(|e| describe(&e)));
         }
         Cmd::CreateGroup {

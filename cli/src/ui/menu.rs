@@ -109,8 +109,8 @@ fn authenticate(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<UserName> {
 fn show_users(tx: &mpsc::Sender<Cmd>) -> Flow<()> {
     match ask(tx, Cmd::Users)? {
         Ok(users) => {
-            say!("Users:");
-            for p in users {
+            say!("Users:{}", more_of(&users));
+            for p in &users.items {
                 say!(
                     "  {} ({})",
                     p.user,
@@ -118,10 +118,10 @@ fn show_users(tx: &mpsc::Sender<Cmd>) -> Flow<()> {
                 );
             }
             match ask(tx, Cmd::Groups)? {
-                Ok(groups) if groups.is_empty() => say!("Groups: none"),
+                Ok(groups) if groups.items.is_empty() => say!("Groups: none"),
                 Ok(groups) => {
-                    say!("Groups:");
-                    groups.iter().for_each(|g| say!("  {g}"));
+                    say!("Groups:{}", more_of(&groups));
+                    groups.items.iter().for_each(|g| say!("  {g}"));
                 }
                 Err(why) => say!("Cannot list groups: {why}"),
             }
@@ -129,6 +129,15 @@ fn show_users(tx: &mpsc::Sender<Cmd>) -> Flow<()> {
         Err(why) => say!("Cannot list users: {why}"),
     }
     Ok(())
+}
+
+/// " (the first 50 of 3928)" when a list is longer than its first page.
+fn more_of<T>(page: &quip_cli::Listing<T>) -> String {
+    if page.more {
+        format!(" (the first {} of {})", page.items.len(), page.total)
+    } else {
+        String::new()
+    }
 }
 
 fn personal_chat(input: &mut Input, tx: &mpsc::Sender<Cmd>) -> Flow<()> {

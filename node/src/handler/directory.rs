@@ -2,31 +2,43 @@
 
 use quip_proto::client::Presence;
 use quip_proto::ids::UserName;
-use quip_proto::limits::{MAX_KEY_BACKUP, MAX_PUBLIC_KEY};
+use quip_proto::limits::{MAX_KEY_BACKUP, MAX_LIST_PAGE, MAX_PUBLIC_KEY};
 use quip_proto::{ErrorCode, NodeToClient, PublicKeys, ReqId};
 use quip_storage::{Storage, StorageError};
 
 use crate::session::{Refusal, Session};
 
-/// Most users listed in one answer (the frame limit bounds it anyway).
-const MAX_LISTED: usize = 10_000;
-
+/// One page of users, with presence: at most [`MAX_LIST_PAGE`], so it always fits a frame.
 pub(crate) async fn list_users<S: Storage>(
     session: &Session<S>,
     req: ReqId,
+    after: Option<UserName>,
+    limit: u32,
 ) -> Result<(), Refusal> {
     session.user()?;
     let node = &session.node;
-    let names = node.storage.list_users().await.map_err(Refusal::internal)?;
-    let users = names
+    let limit = usize::try_from(limit).map_or(MAX_LIST_PAGE, |l| l.clamp(1, MAX_LIST_PAGE));
+    let page = node
+        .storage
+        .list_users(after.as_ref(), limit)
+        .await
+        .map_err(Refusal::internal)?;
+    let users = page
+        .items
         .into_iter()
-        .take(MAX_LISTED)
         .map(|user| Presence {
             online: node.is_online(&user),
             user,
         })
         .collect();
-    session.send(&NodeToClient::Users { req, users }).await;
+    session
+        .send(&NodeToClient::Users {
+            req,
+            users,
+            total: page.total,
+            more: page.more,
+        })
+        .await;
     Ok(())
 }
 

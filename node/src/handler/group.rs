@@ -1,13 +1,21 @@
 //! Groups: creation from a signed genesis, membership changes, listing, and the checks for
 //! group messages. The node enforces roles from storage with the same state machine the
-//! clients run over the signed chain (`quip_proto::group::Membership`); it cannot check
-//! signatures (it holds no end-to-end crypto) — every client does that before it wraps a key.
+//! clients run over the signed chain (`quip_proto::group::Membership`), and verifies every
+//! link's RSA-PSS signature against its author's registered public key before storing it (so
+//! no member can append a link the others' clients would reject, which would wreck the group
+//! for everyone). Verification only, with `ring`: the node holds no private key and links no
+//! `rsa`. Every client still verifies the whole chain itself before it wraps a key.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use quip_proto::client::GroupMember;
-use quip_proto::group::{ChangeError, GroupSummary, MemberRole, Membership};
+use quip_proto::group::{ChangeError, GroupCursor, GroupSummary, MemberRole, Membership};
 use quip_proto::ids::{GroupId, UserName};
+use quip_proto::limits::{MAX_CHAIN_PAGE_BYTES, MAX_GROUP_MEMBERS, MAX_LIST_PAGE};
 use quip_proto::{Action, ErrorCode, Header, NodeToClient, ReqId, SignedChange};
 use quip_storage::{GroupChange, GroupRecord, MemberEffect, NewGroup, Role, Storage, StorageError};
 use sha2::{Digest, Sha256};
@@ -31,6 +39,205 @@ fn refusal(err: ChangeError) -> Refusal {
         | ChangeError::RemoveSelf => ErrorCode::InvalidChange,
     };
     Refusal::new(code, err.to_string())
+}
+
+/// Checks `signed`'s RSA-PSS-SHA256 signature (salt as long as the digest, as the client's
+/// `rsa` signs) against the author's registered signing key.
+async fn check_signature<S: Storage>(node: &Node<S>, signed: &SignedChange) -> Result<(), Refusal> {
+    let author = &signed.change.author;
+    let record = node
+        .storage
+        .user(author)
+        .await
+        .map_err(Refusal::internal)?
+        .ok_or_else(|| Refusal::new(ErrorCode::UnknownUser, format!("no user named {author}")))?;
+    signature::verify(
+        &record.signing_key,
+        &signed.change.signing_bytes(),
+        &signed.signature,
+    )
+    .map_err(|why| {
+        Refusal::new(
+            ErrorCode::InvalidChange,
+            format!("the change is not signed with {author}'s registered key ({why})"),
+        )
+    })
+}
+
+/// RSA-PSS verification with `ring` from the SPKI DER keys clients register.
+mod signature {
+    use quip_proto::limits::{MAX_PUBLIC_KEY, MAX_SIGNATURE};
+    use ring::signature::{RSA_PSS_2048_8192_SHA256, UnparsedPublicKey};
+
+    /// DER of the AlgorithmIdentifier of every RSA SPKI: rsaEncryption, NULL parameters.
+    const RSA_ALGORITHM: &[u8] = &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    const SEQUENCE: u8 = 0x30;
+    const BIT_STRING: u8 = 0x03;
+
+    /// Splits one DER element with tag `tag` off the front of `input`: its contents and what
+    /// follows. Only the length forms a key up to [`MAX_PUBLIC_KEY`] needs, each minimal.
+    fn take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (&first, rest) = input.split_first()?;
+        if first != tag {
+            return None;
+        }
+        let (&len, rest) = rest.split_first()?;
+        let (len, rest) = match len {
+            0x00..=0x7f => (usize::from(len), rest),
+            0x81 => {
+                let (&len, rest) = rest.split_first()?;
+                (len >= 0x80).then_some((usize::from(len), rest))?
+            }
+            0x82 => {
+                let (len, rest) = rest.split_at_checked(2)?;
+                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                (len >= 0x100).then_some((len, rest))?
+            }
+            _ => return None,
+        };
+        rest.split_at_checked(len)
+    }
+
+    /// The PKCS#1 `RSAPublicKey` inside an RSA SubjectPublicKeyInfo (what ring parses), or
+    /// `None` for anything else. ring then checks the key itself (sizes 2048–8192 bits).
+    pub(super) fn rsa_public_key(spki: &[u8]) -> Option<&[u8]> {
+        if spki.len() > MAX_PUBLIC_KEY {
+            return None;
+        }
+        let (body, trailing) = take(spki, SEQUENCE)?;
+        if !trailing.is_empty() {
+            return None;
+        }
+        let (bits, trailing) = take(body.strip_prefix(RSA_ALGORITHM)?, BIT_STRING)?;
+        if !trailing.is_empty() {
+            return None;
+        }
+        // A key is a whole number of bytes: no unused bits.
+        bits.strip_prefix(&[0])
+    }
+
+    /// Verifies an RSA-PSS-SHA256 `signature` over `message` by the SPKI DER key `spki`.
+    pub(super) fn verify(
+        spki: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), &'static str> {
+        let key = rsa_public_key(spki).ok_or("the key is not an RSA public key")?;
+        if signature.len() > MAX_SIGNATURE {
+            return Err("the signature is too long");
+        }
+        UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, key)
+            .verify(message, signature)
+            .map_err(|_| "bad signature")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn short_and_odd_der_is_refused() {
+            let key = &[
+                0x30, 0x13, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01,
+                0x01, 0x05, 0x00, 0x03, 0x02, 0x00, 0x42,
+            ][..];
+            assert_eq!(rsa_public_key(key), Some(&[0x42][..]));
+            // Every truncation, a trailing byte, unused bits, a non-minimal length, another
+            // algorithm.
+            for end in 0..key.len() {
+                assert_eq!(rsa_public_key(&key[..end]), None, "cut at {end}");
+            }
+            let mut longer = key.to_vec();
+            longer.push(0);
+            assert_eq!(rsa_public_key(&longer), None);
+            let mut unused = key.to_vec();
+            unused[19] = 1;
+            assert_eq!(rsa_public_key(&unused), None);
+            let mut long_form = vec![0x30, 0x81, 0x13];
+            long_form.extend_from_slice(&key[2..]);
+            assert_eq!(rsa_public_key(&long_form), None);
+            let mut ec = key.to_vec();
+            ec[12] = 0x02;
+            assert_eq!(rsa_public_key(&ec), None);
+            assert_eq!(rsa_public_key(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        }
+
+        /// ring accepts exactly what the client's `rsa` signs (PSS, MGF1-SHA256, 32-byte salt),
+        /// for the smallest and the default key size, and nothing altered.
+        #[test]
+        fn client_signatures_verify() {
+            use quip_cli::e2e::{DEFAULT_KEY_BITS, Identity, MIN_KEY_BITS, sign_change};
+            use quip_proto::ids::{GroupId, UserName};
+            use quip_proto::{Action, Change};
+
+            let other = Identity::generate(MIN_KEY_BITS).unwrap();
+            for bits in [MIN_KEY_BITS, DEFAULT_KEY_BITS] {
+                let me = Identity::generate(bits).unwrap();
+                let change = Change {
+                    group: GroupId([5; 16]),
+                    epoch: 3,
+                    prev: [7; 32],
+                    author: UserName::new("alice").unwrap(),
+                    action: Action::Leave,
+                    at_ms: 1_700_000_000_000,
+                };
+                let signed = sign_change(&me, change).unwrap();
+                let spki = me.public_keys().signing;
+                let message = signed.change.signing_bytes();
+                assert_eq!(verify(&spki, &message, &signed.signature), Ok(()), "{bits}");
+                let mut flipped = signed.signature.clone();
+                flipped[20] ^= 1;
+                assert!(verify(&spki, &message, &flipped).is_err());
+                assert!(verify(&spki, &message[1..], &signed.signature).is_err());
+                assert!(verify(&spki, &message, &vec![0; signed.signature.len()]).is_err());
+                let wrong = other.public_keys().signing;
+                assert!(verify(&wrong, &message, &signed.signature).is_err());
+                // The encryption key is an RSA key too, but not the one that signs.
+                let enc = me.public_keys().encryption;
+                assert!(verify(&enc, &message, &signed.signature).is_err());
+            }
+        }
+    }
+}
+
+/// How fast each user may put others into groups (a genesis with members, an `Add`): a
+/// keyed GCRA limit per author, so one account cannot flood someone's group list (one
+/// account once put a user into 3,928 groups in 3.4 s). One creation counts once however many
+/// members it names. Per node: a user spread over n nodes gets n times the allowance.
+pub(crate) struct Placements(DefaultKeyedRateLimiter<UserName>);
+
+/// Authors remembered before forgetting those whose allowance is full again.
+const PLACEMENT_AUTHORS: usize = 10_000;
+
+impl Placements {
+    pub(crate) fn new(config: &crate::NodeConfig) -> Self {
+        let burst = NonZeroU32::new(config.max_group_placements).unwrap_or(NonZeroU32::MIN);
+        let period = config.group_placement_window / burst.get();
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst);
+        Self(RateLimiter::keyed(quota))
+    }
+
+    /// Takes one placement from `author`'s allowance, or says when there will be one.
+    fn take(&self, author: &UserName) -> Result<(), Refusal> {
+        if self.0.len() > PLACEMENT_AUTHORS {
+            self.0.retain_recent();
+        }
+        self.0.check_key(author).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.0.clock().now());
+            Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "you are adding people to groups too fast; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )
+            .retry_after(wait)
+        })
+    }
 }
 
 fn unknown_group(id: &GroupId) -> Refusal {
@@ -124,12 +331,16 @@ pub(crate) async fn create<S: Storage>(
         ));
     }
     let state = Membership::genesis(change).map_err(refusal)?;
+    check_signature(node, &genesis).await?;
     let others: Vec<UserName> = state
         .members
         .keys()
         .filter(|m| *m != user)
         .cloned()
         .collect();
+    if !others.is_empty() {
+        node.placements.take(user)?;
+    }
     check_users_exist(node, &others.iter().collect::<Vec<_>>()).await?;
     let created = node
         .storage
@@ -181,13 +392,13 @@ pub(crate) async fn change<S: Storage>(
     let state = membership(node, &change.group, user).await?;
     state.check(change).map_err(refusal)?;
     // The link must follow the stored chain.
-    let chain = node
+    let last = node
         .storage
-        .chain(&change.group)
+        .chain(&change.group, state.epoch, 1)
         .await
         .map_err(Refusal::internal)?;
-    let head: [u8; 32] = chain
-        .last()
+    let head: [u8; 32] = last
+        .first()
         .map(|last| Sha256::digest(last).into())
         .unwrap_or_default();
     if change.prev != head {
@@ -196,9 +407,11 @@ pub(crate) async fn change<S: Storage>(
             "the change does not follow the group's last change",
         ));
     }
+    check_signature(node, &signed).await?;
     let effect = match &change.action {
         Action::Add(target) => {
             check_users_exist(node, &[target]).await?;
+            node.placements.take(user)?;
             MemberEffect::Add(target.clone())
         }
         Action::Remove(target) => MemberEffect::Remove(target.clone()),
@@ -236,39 +449,68 @@ pub(crate) async fn change<S: Storage>(
     Ok(())
 }
 
-pub(crate) async fn list<S: Storage>(session: &Session<S>, req: ReqId) -> Result<(), Refusal> {
+/// One page of the caller's groups: at most [`MAX_LIST_PAGE`], so it always fits a frame.
+pub(crate) async fn list<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    after: Option<GroupCursor>,
+    limit: u32,
+) -> Result<(), Refusal> {
     let user = session.user()?;
-    let groups = session
+    let limit = usize::try_from(limit).map_or(MAX_LIST_PAGE, |l| l.clamp(1, MAX_LIST_PAGE));
+    let page = session
         .node
         .storage
-        .groups_of(user)
+        .groups_of(user, after.as_ref().map(|c| (&c.name, &c.id)), limit)
         .await
         .map_err(Refusal::internal)?;
-    let groups = groups.into_iter().map(summary).collect();
-    session.send(&NodeToClient::Groups { req, groups }).await;
+    let groups = page.items.into_iter().map(summary).collect();
+    session
+        .send(&NodeToClient::Groups {
+            req,
+            groups,
+            total: page.total,
+            more: page.more,
+        })
+        .await;
     Ok(())
 }
 
+/// Links read from storage per `GroupInfo` answer, before the byte budget trims them.
+const CHAIN_PAGE_LINKS: usize = 128;
+
+/// A group's members and one page of its chain from `from_epoch`: links up to
+/// [`MAX_CHAIN_PAGE_BYTES`] (at least one), so the answer always fits a frame.
 pub(crate) async fn info<S: Storage>(
     session: &Session<S>,
     req: ReqId,
     id: GroupId,
+    from_epoch: u64,
 ) -> Result<(), Refusal> {
     let user = session.user()?;
     let node = &session.node;
     let state = membership(node, &id, user).await?;
-    let chain = node
+    let stored = node
         .storage
-        .chain(&id)
+        .chain(&id, from_epoch, CHAIN_PAGE_LINKS)
         .await
-        .map_err(Refusal::internal)?
-        .iter()
-        .map(|bytes| SignedChange::from_bytes(bytes))
-        .collect::<Result<Vec<_>, _>>()
         .map_err(Refusal::internal)?;
+    let mut chain = Vec::new();
+    let mut bytes = 0;
+    for link in &stored {
+        bytes += link.len();
+        if bytes > MAX_CHAIN_PAGE_BYTES && !chain.is_empty() {
+            break;
+        }
+        chain.push(SignedChange::from_bytes(link).map_err(Refusal::internal)?);
+    }
+    let more = chain
+        .last()
+        .is_some_and(|last: &SignedChange| last.change.epoch < state.epoch);
     let members = state
         .members
         .iter()
+        .take(MAX_GROUP_MEMBERS)
         .map(|(user, role)| GroupMember {
             user: user.clone(),
             role: *role,
@@ -285,6 +527,7 @@ pub(crate) async fn info<S: Storage>(
             },
             members,
             chain,
+            more,
         })
         .await;
     Ok(())

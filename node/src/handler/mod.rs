@@ -7,7 +7,7 @@ pub(crate) mod group;
 pub(crate) mod image;
 pub(crate) mod message;
 
-use quip_proto::{ClientToNode, NodeToClient};
+use quip_proto::{ClientToNode, EncodeError, ErrorCode, NodeToClient};
 use quip_storage::Storage;
 
 use crate::session::{Refusal, Session};
@@ -17,6 +17,17 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What to send instead of an answer that does not fit a frame: an error for the request it
+/// answers, so the client is never left waiting for nothing.
+pub(crate) fn unsendable(msg: &NodeToClient, err: EncodeError) -> Result<Vec<u8>, EncodeError> {
+    tracing::error!(error = %err, kind = msg.kind(), "answer does not fit a frame");
+    let refusal = Refusal::new(
+        ErrorCode::TooLarge,
+        "the answer does not fit a frame; ask for a smaller page",
+    );
+    quip_proto::frame::encode(&refusal.into_error(msg.req()))
 }
 
 /// Routes one request to its handler.
@@ -36,7 +47,7 @@ pub(crate) async fn dispatch<S: Storage>(
         Login { req, user, secret } => auth::login(session, req, user, secret).await,
         Resume { req, token } => auth::resume(session, req, token).await,
         Logout { req } => auth::logout(session, req).await,
-        ListUsers { req } => directory::list_users(session, req).await,
+        ListUsers { req, after, limit } => directory::list_users(session, req, after, limit).await,
         FetchKeys { req, user } => directory::fetch_keys(session, req, user).await,
         ReplaceKeys { req, keys, backup } => {
             directory::replace_keys(session, req, keys, backup).await
@@ -49,8 +60,12 @@ pub(crate) async fn dispatch<S: Storage>(
         }
         CreateGroup { req, genesis } => group::create(session, req, genesis).await,
         ChangeGroup { req, change } => group::change(session, req, change).await,
-        ListGroups { req } => group::list(session, req).await,
-        GroupInfo { req, group } => group::info(session, req, group).await,
+        ListGroups { req, after, limit } => group::list(session, req, after, limit).await,
+        GroupInfo {
+            req,
+            group,
+            from_epoch,
+        } => group::info(session, req, group, from_epoch).await,
         FetchBlob { req, msg } => image::fetch(session, req, msg).await,
     }
 }

@@ -68,16 +68,25 @@ pub(super) async fn users(store: &impl Storage, fx: &Fixture) {
         assert_eq!(store.user(&name).await.unwrap(), None, "{field}");
     }
 
-    // list_users contains everyone created, sorted.
+    // list_users, walked in pages of two, contains everyone created, once.
     let bob = fx.user(store, "bob").await;
-    let all = store.list_users().await.unwrap();
+    let mut all: Vec<UserName> = Vec::new();
+    loop {
+        let page = store.list_users(all.last(), 2).await.unwrap();
+        assert!(page.items.len() <= 2 && page.total >= all.len() as u64);
+        let more = page.more;
+        all.extend(page.items);
+        if !more {
+            break;
+        }
+    }
     for name in [&alice, &bob, &roomy] {
         assert!(all.contains(name), "list_users lacks {name}");
     }
-    assert!(
-        all.windows(2).all(|w| w[0] < w[1]),
-        "list_users is not sorted"
-    );
+    let unique: std::collections::HashSet<&UserName> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "a name listed twice");
+    let after_last = store.list_users(all.last(), 2).await.unwrap();
+    assert!(after_last.items.is_empty() && !after_last.more);
 
     // replace_keys changes the keys and the backup, nothing else.
     store

@@ -21,6 +21,38 @@ fn member(user: &UserName) -> Member {
     }
 }
 
+/// Every group of `user`, walked two at a time (so paging is exercised everywhere), checking
+/// each page's `more` and `total`.
+async fn all_groups(store: &impl Storage, user: &UserName) -> Vec<GroupRecord> {
+    let mut all: Vec<GroupRecord> = Vec::new();
+    loop {
+        let after = all.last().map(|g| (&g.name, &g.id));
+        let page = store.groups_of(user, after, 2).await.unwrap();
+        assert!(page.items.len() <= 2);
+        let more = page.more;
+        let total = page.total;
+        assert!(!more || page.items.len() == 2, "a short page says more");
+        all.extend(page.items);
+        if !more {
+            assert_eq!(total, all.len() as u64, "total of {user}'s groups");
+            return all;
+        }
+    }
+}
+
+/// A group's whole chain, read two links at a time.
+async fn whole_chain(store: &impl Storage, id: &GroupId) -> Vec<Vec<u8>> {
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let page = store.chain(id, all.len() as u64, 2).await.unwrap();
+        let done = page.len() < 2;
+        all.extend(page);
+        if done {
+            return all;
+        }
+    }
+}
+
 /// A group by `creator` named `label`, with `members` and a genesis naming it.
 fn new_group(fx: &Fixture, creator: &UserName, label: &str, members: &[&UserName]) -> NewGroup {
     NewGroup {
@@ -57,7 +89,7 @@ pub(super) async fn creation(store: &impl Storage, fx: &Fixture) {
         [admin(&ann), member(&ben), member(&cat)]
     );
     assert_eq!(
-        store.chain(&friends.id).await.unwrap(),
+        whole_chain(store, &friends.id).await,
         std::slice::from_ref(&friends.genesis)
     );
 
@@ -94,10 +126,8 @@ pub(super) async fn creation(store: &impl Storage, fx: &Fixture) {
         );
         assert_eq!(store.group(&group.id).await.unwrap(), None);
         assert!(
-            store
-                .groups_of(&ben)
+            all_groups(store, &ben)
                 .await
-                .unwrap()
                 .iter()
                 .all(|g| g.id != group.id)
         );
@@ -134,18 +164,12 @@ pub(super) async fn creation(store: &impl Storage, fx: &Fixture) {
     // groups_of, sorted by name.
     let book_club = new_group(fx, &ben, "book club", &[&ann]);
     store.create_group(&book_club).await.unwrap();
-    let of_ann: Vec<GroupId> = store
-        .groups_of(&ann)
-        .await
-        .unwrap()
-        .iter()
-        .map(|g| g.id)
-        .collect();
+    let of_ann: Vec<GroupId> = all_groups(store, &ann).await.iter().map(|g| g.id).collect();
     assert_eq!(of_ann, [book_club.id, friends.id]);
-    let of_cat = store.groups_of(&cat).await.unwrap();
+    let of_cat = all_groups(store, &cat).await;
     assert_eq!(of_cat, [record]);
-    assert_eq!(store.groups_of(&eve).await.unwrap(), []);
-    assert_eq!(store.groups_of(&ghost).await.unwrap(), []);
+    assert_eq!(all_groups(store, &eve).await, []);
+    assert_eq!(all_groups(store, &ghost).await, []);
 
     let unknown = fx.group_id();
     assert_eq!(store.group(&unknown).await.unwrap(), None);
@@ -154,9 +178,34 @@ pub(super) async fn creation(store: &impl Storage, fx: &Fixture) {
         StorageError::NotFound { what: "group" }
     );
     assert_err!(
-        store.chain(&unknown).await,
+        store.chain(&unknown, 0, 10).await,
         StorageError::NotFound { what: "group" }
     );
+    assert_err!(
+        store.chain(&unknown, 3, 10).await,
+        StorageError::NotFound { what: "group" }
+    );
+    assert!(store.chain(&friends.id, 1, 10).await.unwrap().is_empty());
+    assert_eq!(store.chain(&friends.id, 0, 0).await.unwrap().len(), 0);
+
+    // Pages: names that tie are ordered by id, and a page boundary between them loses none.
+    let mut twins = Vec::new();
+    for creator in [&cat, &dan, &ben] {
+        let twin = new_group(fx, creator, "twin", &[&eve]);
+        store.create_group(&twin).await.unwrap();
+        twins.push(twin.id);
+    }
+    twins.sort_unstable();
+    let of_eve: Vec<GroupId> = all_groups(store, &eve).await.iter().map(|g| g.id).collect();
+    assert_eq!(of_eve, twins);
+    let first = store.groups_of(&eve, None, 1).await.unwrap();
+    assert_eq!((first.items.len(), first.more, first.total), (1, true, 3));
+    let last = &first.items[0];
+    let rest = store
+        .groups_of(&eve, Some((&last.name, &last.id)), 10)
+        .await
+        .unwrap();
+    assert_eq!((rest.items.len(), rest.more, rest.total), (2, false, 3));
 }
 
 /// apply_change: the epoch compare-and-set, each effect, and all-or-nothing failures.
@@ -174,7 +223,7 @@ pub(super) async fn changes(store: &impl Storage, fx: &Fixture) {
         (
             store.group(&group.id).await.unwrap().expect("group").epoch,
             store.members(&group.id).await.unwrap(),
-            store.chain(&group.id).await.unwrap(),
+            whole_chain(store, &group.id).await,
         )
     };
 
@@ -277,7 +326,7 @@ pub(super) async fn changes(store: &impl Storage, fx: &Fixture) {
     };
     let mut chain = before.2.clone();
     chain.push(winner.signed.clone());
-    assert_eq!(store.chain(&group.id).await.unwrap(), chain);
+    assert_eq!(whole_chain(store, &group.id).await, chain);
 
     // Apply the loser at the next epoch, then remove and demote.
     let loser = if std::ptr::eq(winner, &promote_ben) {
@@ -301,8 +350,8 @@ pub(super) async fn changes(store: &impl Storage, fx: &Fixture) {
         stored_chain, chain,
         "chain is in epoch order, genesis first"
     );
-    assert!(store.groups_of(&cat).await.unwrap().is_empty());
-    assert_eq!(store.groups_of(&dan).await.unwrap().len(), 1);
+    assert!(all_groups(store, &cat).await.is_empty());
+    assert_eq!(all_groups(store, &dan).await.len(), 1);
 
     // A removed member may be added back.
     store
@@ -396,7 +445,7 @@ pub async fn concurrent_groups(first: &impl Storage, second: &impl Storage) {
         changes
     );
     assert_eq!(
-        second.chain(&shared.id).await.unwrap().len() as u64,
+        whole_chain(second, &shared.id).await.len() as u64,
         changes + 1
     );
     for id in created_a.iter().chain(&created_b) {
@@ -405,8 +454,5 @@ pub async fn concurrent_groups(first: &impl Storage, second: &impl Storage) {
             [admin(&ann), member(&ben)]
         );
     }
-    assert_eq!(
-        first.groups_of(&ben).await.unwrap().len(),
-        2 * GROUPS_PER_SIDE
-    );
+    assert_eq!(all_groups(first, &ben).await.len(), 2 * GROUPS_PER_SIDE);
 }

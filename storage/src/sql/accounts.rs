@@ -35,17 +35,28 @@ macro_rules! accounts {
             .transpose()
         }
 
-        async fn list_users(&self) -> Result<Vec<UserName>> {
-            let rows: Vec<String> = sqlx::query_scalar("SELECT name FROM users")
-                .fetch_all(&self.read)
+        async fn list_users(&self, after: Option<&UserName>, limit: usize) -> Result<Page<UserName>> {
+            // Every name is non-empty, so "after the empty string" is from the first.
+            let rows: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM users WHERE name > $1 ORDER BY name LIMIT $2")
+                    .bind(after.map_or("", UserName::as_str))
+                    .bind(check::page_limit(limit))
+                    .fetch_all(&self.read)
+                    .await?;
+            let total: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+                .fetch_one(&self.read)
                 .await?;
             let mut names = rows
                 .iter()
                 .map(|name| decode::user_name(name))
                 .collect::<Result<Vec<_>>>()?;
-            // Sorted here, by bytes: SQL `ORDER BY` on text follows the database's collation.
-            names.sort_unstable();
-            Ok(names)
+            let more = names.len() > limit;
+            names.truncate(limit);
+            Ok(Page {
+                items: names,
+                more,
+                total: decode::unsigned("user count", total)?,
+            })
         }
 
         async fn replace_keys(

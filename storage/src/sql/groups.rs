@@ -65,20 +65,42 @@ macro_rules! groups {
             .transpose()
         }
 
-        async fn groups_of(&self, user: &UserName) -> Result<Vec<GroupRecord>> {
+        async fn groups_of(
+            &self,
+            user: &UserName,
+            after: Option<(&GroupName, &GroupId)>,
+            limit: usize,
+        ) -> Result<Page<GroupRecord>> {
+            // Every name is non-empty, so "after the empty name" is from the first.
+            let (name, id) = after.map_or(("", &[][..]), |(name, id)| (name.as_str(), &id.0[..]));
             let rows: Vec<decode::GroupRow> = sqlx::query_as(
-                "SELECT g.id, g.name, g.creator, g.epoch FROM groups g \
-                 JOIN group_members m ON m.group_id = g.id WHERE m.user_name = $1",
+                "SELECT g.id, g.name, g.creator, g.epoch FROM group_members m \
+                 JOIN groups g ON g.id = m.group_id WHERE m.user_name = $1 \
+                 AND (g.name > $2 OR (g.name = $2 AND g.id > $3)) \
+                 ORDER BY g.name, g.id LIMIT $4",
             )
             .bind(user.as_str())
+            .bind(name)
+            .bind(id)
+            .bind(check::page_limit(limit))
             .fetch_all(&self.read)
             .await?;
+            let total: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM group_members WHERE user_name = $1")
+                    .bind(user.as_str())
+                    .fetch_one(&self.read)
+                    .await?;
             let mut groups = rows
                 .into_iter()
                 .map(decode::group)
                 .collect::<Result<Vec<_>>>()?;
-            groups.sort_unstable_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-            Ok(groups)
+            let more = groups.len() > limit;
+            groups.truncate(limit);
+            Ok(Page {
+                items: groups,
+                more,
+                total: decode::unsigned("group count", total)?,
+            })
         }
 
         async fn members(&self, id: &GroupId) -> Result<Vec<Member>> {
@@ -200,15 +222,18 @@ macro_rules! groups {
             Ok(())
         }
 
-        async fn chain(&self, id: &GroupId) -> Result<Vec<Vec<u8>>> {
-            // Every group has its genesis, written with it: no rows means no group.
+        async fn chain(&self, id: &GroupId, from: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
             let chain: Vec<Vec<u8>> = sqlx::query_scalar(
-                "SELECT signed FROM group_chain WHERE group_id = $1 ORDER BY epoch",
+                "SELECT signed FROM group_chain WHERE group_id = $1 AND epoch >= $2 \
+                 ORDER BY epoch LIMIT $3",
             )
             .bind(id.0.as_slice())
+            .bind(i64::try_from(from).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.read)
             .await?;
-            if chain.is_empty() {
+            // Past the end (or a zero limit) is empty; an unknown group is an error.
+            if chain.is_empty() && self.group(id).await?.is_none() {
                 return Err(StorageError::NotFound { what: "group" });
             }
             Ok(chain)

@@ -86,7 +86,7 @@ pub(crate) use impl_storage;
 
 /// The names the expanded method bodies use.
 pub(crate) mod prelude {
-    pub(crate) use quip_proto::ids::{BlobId, GroupId, MsgId, UserName};
+    pub(crate) use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
     pub(crate) use sqlx::QueryBuilder;
 
     pub(crate) use std::collections::HashSet;
@@ -95,8 +95,8 @@ pub(crate) mod prelude {
     pub(crate) use super::{Dialect, check, decode, push_list};
     pub(crate) use crate::{
         Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, LoginThrottle, Member,
-        MemberEffect, NewGroup, NewMessage, NewUser, QueuedMessage, Result, Role, SessionRecord,
-        Storage, StorageError, UnixMillis, UserRecord, limits,
+        MemberEffect, NewGroup, NewMessage, NewUser, Page, QueuedMessage, Result, Role,
+        SessionRecord, Storage, StorageError, UnixMillis, UserRecord, limits,
     };
 }
 
@@ -122,6 +122,11 @@ pub(crate) mod check {
             return Err(StorageError::TooLarge { what, len, max });
         }
         Ok(())
+    }
+
+    /// The SQL `LIMIT` for a page of `limit` entries: one more, to learn whether more follow.
+    pub(crate) fn page_limit(limit: usize) -> i64 {
+        i64::try_from(limit).map_or(i64::MAX, |n| n.saturating_add(1))
     }
 
     /// A new account's fields.
