@@ -64,6 +64,14 @@ pub enum ClientError {
     /// No such group, or we are not in it.
     #[error("no group {0}")]
     UnknownGroup(String),
+    /// A text longer than [`quip_proto::limits::MAX_TEXT`]: refused before sealing.
+    #[error("the text is {len} bytes; the most one message can carry is {max} (split it)")]
+    TextTooLong {
+        /// Its length in bytes (UTF-8).
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A local file could not be used.
     #[error("{path}: {source}")]
     Io {
@@ -438,6 +446,13 @@ impl Client {
     /// Encrypts `text` for everyone in `chat` (for a group: every member its verified chain
     /// proves) and waits until the node has stored it.
     pub async fn send_text_to(&mut self, chat: &Chat, text: &str) -> Result<Sent, ClientError> {
+        let max = quip_proto::limits::MAX_TEXT;
+        if text.len() > max {
+            return Err(ClientError::TextTooLong {
+                len: text.len(),
+                max,
+            });
+        }
         let (conversation, recipients, left_out) = self.recipients(chat).await?;
         let header = Header {
             id: random_id(),
