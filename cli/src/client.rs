@@ -151,6 +151,14 @@ pub enum Incoming {
     },
     /// The connection ended.
     Closed(String),
+    /// A message we sent expired unread: `recipient` did not fetch it within the server's
+    /// retention, and the server deleted it.
+    Expired {
+        /// The message.
+        id: MsgId,
+        /// Who never read it.
+        recipient: UserName,
+    },
 }
 
 /// Where one account's files live: `<root>/<server>/<user>/`.
@@ -618,6 +626,9 @@ impl Client {
                 return Some(Incoming::GroupChanged(self.describe_change(&change)));
             }
             Some(Event::Presence(_)) => return None,
+            Some(Event::Expired { id, recipient }) => {
+                return Some(Incoming::Expired { id, recipient });
+            }
         };
         let header = &delivery.sealed.header;
         let (id, from) = (header.id, header.sender.clone());

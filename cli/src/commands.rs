@@ -121,7 +121,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let wait = Duration::from_secs_f64(wait.clamp(0.0, 86_400.0));
             while let Some(incoming) = client.next_within(wait).await {
                 match incoming {
-                    Incoming::Message(_) | Incoming::Image(_) | Incoming::GroupChanged(_) => {
+                    Incoming::Message(_)
+                    | Incoming::Image(_)
+                    | Incoming::GroupChanged(_)
+                    | Incoming::Expired { .. } => {
                         println!("{}", crate::ui::render(&client, &incoming))
                     }
                     Incoming::Rejected { from, reason } => {
