@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quip_proto::client::deliver_prefix;
+use quip_proto::envelope::EnvelopeError;
 use quip_proto::ids::{BlobId, MsgId, UserName};
 use quip_proto::{ContentKind, Conversation, Envelope, ErrorCode, NodeToClient, ReqId};
 use quip_storage::{Enqueued, ExpiryNotice, NewMessage, Refused, Storage};
@@ -43,7 +44,10 @@ pub(crate) async fn check_route<S: Storage>(
     envelope: &Envelope,
     carrier: Carrier,
 ) -> Result<(), Refusal> {
-    envelope.check().map_err(|e| invalid(e.to_string()))?;
+    envelope.check().map_err(|e| match e {
+        EnvelopeError::TooLarge { .. } => Refusal::new(ErrorCode::TooLarge, e.to_string()),
+        e => invalid(e.to_string()),
+    })?;
     let header = &envelope.sealed.header;
     if &header.sender != sender {
         return Err(Refusal::new(

@@ -81,7 +81,8 @@ impl KnownCas {
         let mut all = self.read();
         all.insert(addr.to_owned(), fingerprint.to_owned());
         let text: String = all.iter().map(|(a, f)| format!("{a} {f}\n")).collect();
-        crate::ca::write_file(&self.path, text.as_bytes(), false)
+        // Which servers a user talks to is nobody else's business: owner-only.
+        crate::ca::write_file(&self.path, text.as_bytes(), true)
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
