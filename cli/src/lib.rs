@@ -7,6 +7,6 @@ pub mod connection;
 pub mod e2e;
 pub mod group;
 
-pub use client::{Client, ClientError, ImageMessage, Incoming, Message, user_dir};
+pub use client::{AutoSave, Client, ClientError, ImageMessage, Incoming, Message, user_dir};
 pub use connection::{ConnectError, Connection, Event, discover};
 pub use group::{Chat, Sent, VerifiedGroup};

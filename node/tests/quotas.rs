@@ -338,3 +338,76 @@ fn common_now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// The receiving client saves at most its cap of images from one sender; the next waits on
+/// the server, unacknowledged, and is saved in a later session once there is room.
+async fn auto_save_is_capped_per_sender(backend: Backend) {
+    let Some(node) = TestNode::start(backend).await else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let (a, b, c) = (unique("alice"), unique("bob"), unique("carol"));
+    let mut alice = node.signup(&a, home.path()).await;
+    let mut carol = node.signup(&c, home.path()).await;
+    let mut bob = node.signup(&b, home.path()).await;
+    let cap = quip_cli::AutoSave {
+        max_images: 2,
+        max_bytes: 1024 * 1024,
+    };
+    bob.set_auto_save(cap);
+    let picture = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(picture.path(), png(1000, b"")).unwrap();
+    for _ in 0..3 {
+        alice
+            .send_image(&b, picture.path(), &mut |_, _| {})
+            .await
+            .unwrap();
+    }
+    carol
+        .send_image(&b, picture.path(), &mut |_, _| {})
+        .await
+        .unwrap();
+    let mut saved = Vec::new();
+    for _ in 0..4 {
+        match bob.next_within(WAIT).await {
+            Some(Incoming::Image(image)) => saved.push((image.from, image.path)),
+            Some(Incoming::Rejected { from, reason }) => {
+                assert_eq!(from, a);
+                assert!(reason.contains("image not saved"), "{reason}");
+            }
+            other => panic!("expected an image or a refusal, got {other:?}"),
+        }
+    }
+    let from_alice: Vec<_> = saved.iter().filter(|(from, _)| *from == a).collect();
+    assert_eq!(from_alice.len(), 2, "{saved:?}");
+    assert_eq!(
+        saved.len(),
+        3,
+        "carol's image is saved: the cap is per sender"
+    );
+    // Acknowledgements are committed in the background: wait for the three saved ones.
+    eventually("only the refused image is still queued", || async {
+        node.storage.queue_depth(&b).await.unwrap() == 1
+    })
+    .await;
+
+    // Room again: the waiting image is saved in the next session.
+    std::fs::remove_file(&from_alice[0].1).unwrap();
+    bob.close().await;
+    let mut bob = node.login(&b, home.path()).await.unwrap();
+    bob.set_auto_save(cap);
+    match bob.next_within(WAIT).await {
+        Some(Incoming::Image(image)) => assert_eq!(image.from, a),
+        other => panic!("expected the waiting image, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn auto_save_is_capped_per_sender_sqlite() {
+    auto_save_is_capped_per_sender(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn auto_save_is_capped_per_sender_postgres() {
+    auto_save_is_capped_per_sender(Backend::Postgres).await;
+}
