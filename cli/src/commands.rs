@@ -33,6 +33,8 @@ impl Target {
                 .data_dir()
                 .to_owned(),
         };
+        quip_cli::e2e::private_root(&root)
+            .with_context(|| format!("cannot create the data directory {}", root.display()))?;
         Ok(Self { server, root })
     }
 

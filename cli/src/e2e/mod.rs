@@ -30,6 +30,7 @@
 mod backup;
 mod error;
 mod files;
+pub use files::private_root;
 mod group;
 mod identity;
 mod image;
