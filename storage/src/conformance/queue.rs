@@ -535,7 +535,7 @@ pub(super) async fn quotas(store: &impl Storage, fx: &Fixture) {
     );
     assert_eq!(
         store
-            .queue_room(&dan, &[ann.clone()], 1, &quota)
+            .queue_room(&dan, std::slice::from_ref(&ann), 1, &quota)
             .await
             .unwrap(),
         Some(Refused::QueueFull {
@@ -545,7 +545,7 @@ pub(super) async fn quotas(store: &impl Storage, fx: &Fixture) {
     );
     assert_eq!(
         store
-            .queue_room(&dan, &[dan.clone()], 1, &quota)
+            .queue_room(&dan, std::slice::from_ref(&dan), 1, &quota)
             .await
             .unwrap(),
         None
