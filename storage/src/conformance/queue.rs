@@ -430,6 +430,7 @@ async fn consume(store: &impl Storage, user: &UserName, total: usize) -> Vec<Msg
 /// once both recipients have acked it.
 pub async fn concurrent_queues(first: &impl Storage, second: &impl Storage) {
     let fx = Fixture::new();
+    concurrent_quota(first, second, &fx).await;
     let [x, y] = fx.users(first, ["cc-x", "cc-y"]).await;
     let total = 2 * PER_PRODUCER;
     let (from_a, from_b, seen_x, seen_y) = tokio::join!(
@@ -653,4 +654,48 @@ pub(super) async fn expiry(store: &impl Storage, fx: &Fixture) {
         .ack(&cat, &pending_ids(store, &cat).await)
         .await
         .unwrap();
+}
+
+/// Two handles committing to one recipient at once never take its queue past the quota: the
+/// check runs inside the writing transaction, after the queue is locked.
+async fn concurrent_quota(first: &impl Storage, second: &impl Storage, fx: &Fixture) {
+    const LIMIT: u64 = 10;
+    let [ann, ben, cat] = fx.users(first, ["cq-ann", "cq-ben", "cq-cat"]).await;
+    let quota = QueueQuota {
+        max_messages: LIMIT,
+        max_bytes: u64::MAX,
+        max_messages_per_sender: u64::MAX,
+        max_bytes_per_sender: u64::MAX,
+    };
+    let send = |sender: &UserName, label: &str| {
+        (0..LIMIT)
+            .map(|i| {
+                let mut message = fx.message(&[&ann], &format!("{label}{i}"));
+                message.sender = sender.clone();
+                message
+            })
+            .collect::<Vec<_>>()
+    };
+    let (ben_says, cat_says) = (send(&ben, "b"), send(&cat, "c"));
+    let (a, b) = tokio::join!(
+        one_by_one(first, ben_says, &quota),
+        one_by_one(second, cat_says, &quota)
+    );
+    assert_eq!(a + b, LIMIT, "exactly the quota was stored");
+    assert_eq!(first.queue_depth(&ann).await.unwrap(), LIMIT);
+    let ids = pending_ids(first, &ann).await;
+    first.ack(&ann, &ids).await.unwrap();
+}
+
+/// Commits `messages` one per transaction; returns how many were stored.
+async fn one_by_one(store: &impl Storage, messages: Vec<NewMessage>, quota: &QueueQuota) -> u64 {
+    let mut stored = 0;
+    for message in messages {
+        let outcome = store
+            .commit(std::slice::from_ref(&message), &[], quota)
+            .await
+            .unwrap();
+        stored += u64::from(outcome.enqueued == [Enqueued::Stored]);
+    }
+    stored
 }
