@@ -93,6 +93,14 @@ pub enum ClientError {
         /// The epoch the server shows.
         shown: u64,
     },
+    /// A text longer than [`quip_proto::limits::MAX_TEXT`]: refused before sealing.
+    #[error("the text is {len} bytes; the most one message can carry is {max} (split it)")]
+    TextTooLong {
+        /// Its length in bytes (UTF-8).
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A local file could not be used.
     #[error("{path}: {source}")]
     Io {
@@ -183,6 +191,14 @@ pub enum Incoming {
     },
     /// The connection ended.
     Closed(String),
+    /// A message we sent expired unread: `recipient` did not fetch it within the server's
+    /// retention, and the server deleted it.
+    Expired {
+        /// The message.
+        id: MsgId,
+        /// Who never read it.
+        recipient: UserName,
+    },
 }
 
 /// Where one account's files live: `<root>/<server>/<user>/`.
@@ -212,6 +228,28 @@ fn random_id() -> MsgId {
     MsgId(bytes)
 }
 
+/// How much a client saves from one sender without being asked: received images are saved in
+/// `<user dir>/images/` as `<sender>-<id>.<ext>`, and once that folder holds this many images
+/// (or bytes) from a sender, further images from them are not downloaded. They stay queued
+/// on the server (until its retention expires them) and are saved in a later session once
+/// the user has moved or deleted some of that sender's images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoSave {
+    /// Most images kept from one sender.
+    pub max_images: usize,
+    /// Most bytes kept from one sender.
+    pub max_bytes: u64,
+}
+
+impl Default for AutoSave {
+    fn default() -> Self {
+        Self {
+            max_images: 50,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 /// A logged-in user.
 pub struct Client {
     pub(crate) conn: Connection,
@@ -228,6 +266,7 @@ pub struct Client {
     /// The highest verified point of each group's chain, on disk.
     pub(crate) heads: ChainHeads,
     notices: Vec<String>,
+    auto_save: AutoSave,
 }
 
 impl std::fmt::Debug for Client {
@@ -353,6 +392,7 @@ impl Client {
             groups: HashMap::new(),
             heads: ChainHeads::open(dir)?,
             notices: Vec::new(),
+            auto_save: AutoSave::default(),
         })
     }
 
@@ -507,6 +547,13 @@ impl Client {
     /// Encrypts `text` for everyone in `chat` (for a group: every member its verified chain
     /// proves) and waits until the node has stored it.
     pub async fn send_text_to(&mut self, chat: &Chat, text: &str) -> Result<Sent, ClientError> {
+        let max = quip_proto::limits::MAX_TEXT;
+        if text.len() > max {
+            return Err(ClientError::TextTooLong {
+                len: text.len(),
+                max,
+            });
+        }
         let (conversation, recipients, left_out) = self.recipients(chat).await?;
         let header = Header {
             id: random_id(),
@@ -672,6 +719,9 @@ impl Client {
                 return Some(Incoming::GroupChanged(self.describe_change(&change)));
             }
             Some(Event::Presence(_)) => return None,
+            Some(Event::Expired { id, recipient }) => {
+                return Some(Incoming::Expired { id, recipient });
+            }
         };
         let header = &delivery.sealed.header;
         let (id, from) = (header.id, header.sender.clone());
@@ -736,6 +786,29 @@ impl Client {
             Some(p) => p.as_mut(),
             None => &mut quiet,
         };
+        let ContentKind::Image { len, .. } = header.kind else {
+            return Incoming::Rejected {
+                from,
+                reason: "not an image".into(),
+            };
+        };
+        let (count, bytes) = Self::saved_from(&self.dir.join("images"), &from);
+        let cap = self.auto_save;
+        if count >= cap.max_images || bytes.saturating_add(len) > cap.max_bytes {
+            // Not acknowledged: it waits on the server for a later session.
+            return Incoming::Rejected {
+                from,
+                reason: format!(
+                    "image not saved: {count} images ({} MiB) from this sender are already \
+                     saved, the most kept without asking is {} ({} MiB); move some out of \
+                     {} and it is saved next time",
+                    bytes / (1024 * 1024),
+                    cap.max_images,
+                    cap.max_bytes / (1024 * 1024),
+                    self.dir.join("images").display()
+                ),
+            };
+        }
         let saved = match e2e::open(&self.identity, &self.me, delivery, sender) {
             Ok(plain) => self.receive_image(delivery, &plain, report).await,
             Err(err) => Err(err.into()),
@@ -767,6 +840,40 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Changes how much is saved from one sender without asking (see [`AutoSave`]).
+    pub fn set_auto_save(&mut self, auto_save: AutoSave) {
+        self.auto_save = auto_save;
+    }
+
+    /// Images already saved from `sender` in `dir`: how many, and their bytes. Files are
+    /// named `<sender>-<32 hex digits>.<ext>`; anything else (including partial downloads,
+    /// which start with a dot) is not counted.
+    fn saved_from(dir: &Path, sender: &UserName) -> (usize, u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return (0, 0);
+        };
+        let mut saved = (0, 0);
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(stem) = name
+                .to_str()
+                .and_then(|n| n.rsplit_once('.'))
+                .map(|(s, _)| s)
+            else {
+                continue;
+            };
+            let Some((who, id)) = stem.rsplit_once('-') else {
+                continue;
+            };
+            if who == sender.as_str() && id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                saved.0 += 1;
+                saved.1 += entry.metadata().map_or(0, |m| m.len());
+            }
+        }
+        saved
     }
 
     /// Reports download progress of received images to `progress`.

@@ -33,6 +33,8 @@ impl Target {
                 .data_dir()
                 .to_owned(),
         };
+        quip_cli::e2e::private_root(&root)
+            .with_context(|| format!("cannot create the data directory {}", root.display()))?;
         Ok(Self { server, root })
     }
 
@@ -122,7 +124,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let wait = Duration::from_secs_f64(wait.clamp(0.0, 86_400.0));
             while let Some(incoming) = client.next_within(wait).await {
                 match incoming {
-                    Incoming::Message(_) | Incoming::Image(_) | Incoming::GroupChanged(_) => {
+                    Incoming::Message(_)
+                    | Incoming::Image(_)
+                    | Incoming::GroupChanged(_)
+                    | Incoming::Expired { .. } => {
                         say!("{}", crate::ui::render(&client, &incoming))
                     }
                     Incoming::Rejected { from, reason } => {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quip_proto::ids::{MsgId, NodeName};
+use quip_proto::ids::{MsgId, NodeName, UserName};
 use quip_proto::limits::MAX_FRAME;
 use quip_proto::{
     Chunk, ClientToNode, Delivery, Envelope, ErrorCode, NodeToClient, ReqId, SignedChange,
@@ -110,6 +110,13 @@ pub enum Event {
     },
     /// The connection ended.
     Closed(String),
+    /// A message we sent expired unread in `recipient`'s queue.
+    Expired {
+        /// The message.
+        id: MsgId,
+        /// Who never read it.
+        recipient: UserName,
+    },
 }
 
 type Pending = Arc<Mutex<HashMap<ReqId, oneshot::Sender<NodeToClient>>>>;
@@ -471,7 +478,7 @@ async fn route(msg: NodeToClient, pending: &Pending, events: &mpsc::Sender<Event
         | Group { req, .. }
         | Pong { req } => Some(*req),
         Error { req, .. } => *req,
-        Deliver(_) | Presence(_) | GroupChanged { .. } | Reconnect { .. } => None,
+        Deliver(_) | Presence(_) | GroupChanged { .. } | Reconnect { .. } | Expired { .. } => None,
     };
     if let Some(req) = req {
         let waiter = pending
@@ -488,6 +495,7 @@ async fn route(msg: NodeToClient, pending: &Pending, events: &mpsc::Sender<Event
         Presence(presence) => Event::Presence(presence),
         GroupChanged { change } => Event::GroupChanged(change),
         Reconnect { after_ms, reason } => Event::Reconnect { after_ms, reason },
+        Expired { id, recipient, .. } => Event::Expired { id, recipient },
         Error { message, .. } => Event::Closed(message),
         _ => return,
     };

@@ -8,6 +8,8 @@ pub mod display;
 pub mod e2e;
 pub mod group;
 
-pub use client::{Client, ClientError, ImageMessage, Incoming, Listing, Message, user_dir};
+pub use client::{
+    AutoSave, Client, ClientError, ImageMessage, Incoming, Listing, Message, user_dir,
+};
 pub use connection::{ConnectError, Connection, Event, discover};
 pub use group::{Chat, Sent, VerifiedGroup};

@@ -90,6 +90,14 @@ pub struct NodeConfig {
     pub max_group_placements: u32,
     /// How long [`Self::max_group_placements`] takes to refill completely.
     pub group_placement_window: Duration,
+    /// What may wait unread in one recipient's queue, in all and from one sender.
+    pub queue_quota: quip_storage::QueueQuota,
+    /// A queued message nobody acknowledged within this long expires (its sender is told).
+    pub retention: Duration,
+    /// An image upload unfinished for this long was abandoned; its blob is deleted.
+    pub abandoned_upload: Duration,
+    /// How often the sweep looks for expired messages and abandoned uploads.
+    pub sweep_every: Duration,
 }
 
 impl NodeConfig {
@@ -131,6 +139,15 @@ impl NodeConfig {
             signup_window: Duration::from_secs(600),
             max_group_placements: 30,
             group_placement_window: Duration::from_secs(600),
+            queue_quota: quip_storage::QueueQuota {
+                max_messages: 10_000,
+                max_bytes: 512 * 1024 * 1024,
+                max_messages_per_sender: 2_000,
+                max_bytes_per_sender: 128 * 1024 * 1024,
+            },
+            retention: Duration::from_secs(30 * 86_400),
+            abandoned_upload: Duration::from_secs(10 * 60),
+            sweep_every: Duration::from_secs(60),
         }
     }
 }

@@ -22,6 +22,7 @@ mod master;
 mod queue;
 mod registry;
 mod session;
+mod sweep;
 
 pub use config::{NodeConfig, NodeTls};
 pub use master::MasterLink;
@@ -280,6 +281,7 @@ pub async fn start<S: Storage>(
             registry.clone(),
             uplink.clone(),
             accepted.clone(),
+            config.queue_quota,
         ),
         registry: registry.clone(),
         storage,
@@ -293,6 +295,7 @@ pub async fn start<S: Storage>(
     });
     let (shutdown, stop) = watch::channel(false);
     let mut background = vec![tokio::spawn(janitor(node.clone(), stop.clone()))];
+    background.push(tokio::spawn(sweep::run(node.clone(), stop.clone())));
     if let Some(link) = node.config.master.clone() {
         let advertised = node.config.advertise.unwrap_or(addr);
         background.extend(master::spawn(
@@ -326,12 +329,10 @@ pub(crate) async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// How often expired sessions and abandoned uploads are purged.
+/// How often expired sessions are purged.
 const JANITOR_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-/// An upload unfinished for this long was abandoned (its stream would have timed out).
-const ABANDONED_UPLOAD_MS: i64 = 10 * 60 * 1000;
 
-/// Purges expired sessions and abandoned image uploads until the node stops.
+/// Purges expired sessions until the node stops (messages and uploads: [`sweep`]).
 async fn janitor<S: Storage>(node: Arc<Node<S>>, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(JANITOR_EVERY);
     loop {
@@ -342,13 +343,6 @@ async fn janitor<S: Storage>(node: Arc<Node<S>>, mut stop: watch::Receiver<bool>
         let now = handler::now_ms();
         if let Err(err) = node.storage.purge_sessions(now).await {
             tracing::warn!(error = %err, "cannot purge sessions");
-        }
-        if let Err(err) = node
-            .storage
-            .purge_unfinished_blobs(now - ABANDONED_UPLOAD_MS)
-            .await
-        {
-            tracing::warn!(error = %err, "cannot purge abandoned uploads");
         }
     }
 }

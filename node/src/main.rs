@@ -94,6 +94,24 @@ struct Args {
     /// How long the group-placement allowance takes to refill, in seconds.
     #[arg(long, env = "QUIP_GROUP_PLACEMENT_WINDOW_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     group_placement_window_secs: u64,
+    /// Most unread messages waiting for one recipient [default: 10000].
+    #[arg(long, env = "QUIP_QUEUE_MAX_MESSAGES")]
+    queue_max_messages: Option<u64>,
+    /// Most unread MiB waiting for one recipient, images included [default: 512].
+    #[arg(long, env = "QUIP_QUEUE_MAX_MIB")]
+    queue_max_mib: Option<u64>,
+    /// Most unread messages from one sender waiting for one recipient [default: 2000].
+    #[arg(long, env = "QUIP_QUEUE_MAX_MESSAGES_PER_SENDER")]
+    queue_max_messages_per_sender: Option<u64>,
+    /// Most unread MiB from one sender waiting for one recipient [default: 128].
+    #[arg(long, env = "QUIP_QUEUE_MAX_MIB_PER_SENDER")]
+    queue_max_mib_per_sender: Option<u64>,
+    /// Days an unread message waits before it expires and its sender is told [default: 30].
+    #[arg(long, env = "QUIP_RETENTION_DAYS", value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    retention_days: Option<u64>,
+    /// Minutes after which an unfinished image upload is deleted [default: 10].
+    #[arg(long, env = "QUIP_ABANDONED_UPLOAD_MINUTES", value_parser = clap::value_parser!(u64).range(1..))]
+    abandoned_upload_minutes: Option<u64>,
 }
 
 fn default_data_dir(port: u16) -> anyhow::Result<PathBuf> {
@@ -115,8 +133,19 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => dir,
         None => default_data_dir(args.port)?,
     };
-    std::fs::create_dir_all(&data_dir)
+    // Owner-only whatever the umask: it holds the node's keys and (by default) its database.
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    #[cfg(unix)]
+    std::fs::set_permissions(
+        &data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("cannot make {} owner-only", data_dir.display()))?;
     let name = match args.name {
         Some(name) => name,
         None => NodeName::new(&format!("node-{}", args.port))?,
@@ -158,6 +187,24 @@ async fn main() -> anyhow::Result<()> {
     config.max_group_placements = args.max_group_placements;
     config.group_placement_window =
         std::time::Duration::from_secs(args.group_placement_window_secs);
+    let quota = &mut config.queue_quota;
+    const MIB: u64 = 1024 * 1024;
+    quota.max_messages = args.queue_max_messages.unwrap_or(quota.max_messages);
+    quota.max_bytes = args
+        .queue_max_mib
+        .map_or(quota.max_bytes, |m| m.saturating_mul(MIB));
+    quota.max_messages_per_sender = args
+        .queue_max_messages_per_sender
+        .unwrap_or(quota.max_messages_per_sender);
+    quota.max_bytes_per_sender = args
+        .queue_max_mib_per_sender
+        .map_or(quota.max_bytes_per_sender, |m| m.saturating_mul(MIB));
+    if let Some(days) = args.retention_days {
+        config.retention = std::time::Duration::from_secs(days * 86_400);
+    }
+    if let Some(minutes) = args.abandoned_upload_minutes {
+        config.abandoned_upload = std::time::Duration::from_secs(minutes.saturating_mul(60));
+    }
     if let (Some(cert), Some(key), Some(ca)) = (args.cert, args.key, args.ca) {
         if let Some(addr) = args.master {
             config.master = Some(MasterLink {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use quip_proto::ids::MsgId;
 use quip_proto::ids::UserName;
-use quip_storage::{Ack, Enqueued, NewMessage, Storage};
+use quip_storage::{Ack, Enqueued, NewMessage, QueueQuota, Storage};
 use tokio::sync::{mpsc, oneshot};
 
 use quip_proto::relay::Relayed;
@@ -65,6 +65,7 @@ impl Writer {
         registry: Arc<Registry>,
         uplink: Option<Uplink>,
         accepted: Arc<Counter>,
+        quota: QueueQuota,
     ) -> Self {
         let (tx, rx) = mpsc::channel(BACKLOG);
         tokio::spawn(run(
@@ -74,6 +75,7 @@ impl Writer {
                 uplink,
                 accepted,
             },
+            quota,
             rx,
         ));
         Self { tx }
@@ -139,7 +141,12 @@ impl Routes {
     }
 }
 
-async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver<Op>) {
+async fn run<S: Storage>(
+    storage: Arc<S>,
+    routes: Routes,
+    quota: QueueQuota,
+    mut rx: mpsc::Receiver<Op>,
+) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     // This round's acks, and beside each the session to tell once it is committed.
@@ -185,32 +192,23 @@ async fn run<S: Storage>(storage: Arc<S>, routes: Routes, mut rx: mpsc::Receiver
                 ..job.message.clone()
             })
             .collect();
-        let outcomes = match storage.commit(&messages, &acks).await {
+        // Storage refuses a bad or over-quota message on its own (`Enqueued::Refused`), so an
+        // error here is the database's, and no message of the batch was written: each sender
+        // hears it and may send again; the acks' messages stay queued, to be delivered again.
+        let outcomes: Vec<Result<Enqueued, String>> = match storage
+            .commit(&messages, &acks, &quota)
+            .await
+        {
             Ok(committed) => {
                 confirm(&mut acks, &mut outboxes);
                 committed.enqueued.into_iter().map(Ok).collect()
             }
-            // The batch is all-or-nothing; one bad message must not fail its neighbours,
-            // so retry each on its own and answer each with its own result. The acks cannot
-            // fail on their content the way a message can: one more try, all together.
             Err(err) => {
-                tracing::warn!(error = %err, messages = messages.len(), acks = acks.len(), "commit failed; retrying one by one");
-                match storage.commit(&[], &acks).await {
-                    Ok(_) => confirm(&mut acks, &mut outboxes),
-                    Err(err) => {
-                        tracing::error!(error = %err, acks = acks.len(), "acknowledgements not committed; the messages stay queued");
-                        acks.clear();
-                        outboxes.clear();
-                    }
-                }
-                let mut each = Vec::with_capacity(messages.len());
-                for message in &messages {
-                    each.push(match storage.enqueue(std::slice::from_ref(message)).await {
-                        Ok(mut one) => one.pop().ok_or_else(|| "no outcome".to_owned()),
-                        Err(err) => Err(err.to_string()),
-                    });
-                }
-                each
+                tracing::error!(error = %err, messages = messages.len(), acks = acks.len(), "commit failed");
+                acks.clear();
+                outboxes.clear();
+                let why = err.to_string();
+                messages.iter().map(|_| Err(why.clone())).collect()
             }
         };
         for ((job, outcome), message) in jobs.drain(..).zip(outcomes).zip(&messages) {

@@ -567,6 +567,7 @@ async fn inject_group_message(
     node.storage
         .enqueue(&[quip_storage::NewMessage {
             id: envelope.sealed.header.id,
+            sender: sender.clone(),
             sealed: postcard::to_stdvec(&envelope.sealed).unwrap(),
             blob: None,
             recipients: envelope
@@ -574,7 +575,11 @@ async fn inject_group_message(
                 .iter()
                 .map(|k| (k.recipient.clone(), k.wrapped.clone()))
                 .collect(),
-            created_at: 1,
+            // Now: the expiry sweep would take a message from 1970 at once.
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
         }])
         .await
         .unwrap();

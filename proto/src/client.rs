@@ -2,7 +2,7 @@
 //!
 //! The client opens one bidirectional *control* stream and sends [`Hello`] first. Requests
 //! carry a `req` id the node echoes in its answer; pushes (`Deliver`, `Presence`,
-//! `GroupChanged`, `Reconnect`) carry none. Every image travels on its own stream
+//! `GroupChanged`, `Reconnect`, `Expired`) carry none. Every image travels on its own stream
 //! (see [`crate::stream`]).
 
 use serde::{Deserialize, Serialize};
@@ -302,6 +302,16 @@ pub enum NodeToClient {
         #[cfg_attr(test, proptest(strategy = "crate::testing::text(24)"))]
         reason: String,
     },
+    /// A message this client's user sent expired unread in `recipient`'s queue (the node's
+    /// retention passed); pushed by the sweep, or at the next login.
+    Expired {
+        /// The message.
+        id: MsgId,
+        /// Who never read it.
+        recipient: UserName,
+        /// When it was removed, milliseconds since the Unix epoch.
+        expired_at_ms: u64,
+    },
 }
 
 impl ClientToNode {
@@ -343,7 +353,8 @@ impl NodeToClient {
             Self::Deliver(_)
             | Self::Presence(_)
             | Self::GroupChanged { .. }
-            | Self::Reconnect { .. } => None,
+            | Self::Reconnect { .. }
+            | Self::Expired { .. } => None,
         }
     }
 
@@ -363,6 +374,7 @@ impl NodeToClient {
             Self::Pong { .. } => "Pong",
             Self::Error { .. } => "Error",
             Self::Reconnect { .. } => "Reconnect",
+            Self::Expired { .. } => "Expired",
         }
     }
 }

@@ -145,11 +145,30 @@ pub enum EnvelopeError {
     },
 }
 
+impl Sealed {
+    /// Length of this sealed part as postcard encodes it (what storage stores), counted
+    /// without allocating.
+    pub fn encoded_len(&self) -> usize {
+        // Counting cannot fail: every field serialises, and the size flavour never fills up.
+        postcard::experimental::serialized_size(self).unwrap_or(usize::MAX)
+    }
+}
+
 impl Envelope {
     /// Structural checks a server can make without any key: recipient count and uniqueness,
     /// one key per recipient in order, the sender among them, field sizes.
     pub fn check(&self) -> Result<(), EnvelopeError> {
         use crate::limits::{MAX_RECIPIENTS, MAX_SEALED, MAX_SIGNATURE, MAX_WRAPPED_KEY};
+        // The sealed part is what storage keeps, so its encoded size is the limit: checked
+        // first and without encoding anything (a size count, no allocation).
+        let sealed = self.sealed.encoded_len();
+        if sealed > MAX_SEALED {
+            return Err(EnvelopeError::TooLarge {
+                what: "sealed envelope",
+                len: sealed,
+                max: MAX_SEALED,
+            });
+        }
         let header = &self.sealed.header;
         let count = header.recipients.len();
         if count == 0 || count > MAX_RECIPIENTS {
@@ -177,11 +196,7 @@ impl Envelope {
         }
         let too_large =
             |what, len, max| (len > max).then_some(EnvelopeError::TooLarge { what, len, max });
-        let checks = [
-            too_large("ciphertext", self.sealed.ciphertext.len(), MAX_SEALED),
-            too_large("signature", self.sealed.signature.len(), MAX_SIGNATURE),
-        ];
-        if let Some(err) = checks.into_iter().flatten().next() {
+        if let Some(err) = too_large("signature", self.sealed.signature.len(), MAX_SIGNATURE) {
             return Err(err);
         }
         if let Some(key) = self.keys.iter().find(|k| k.wrapped.len() > MAX_WRAPPED_KEY) {
@@ -192,5 +207,80 @@ impl Envelope {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::USER_NAME_MAX;
+    use crate::limits::{
+        MAX_RECIPIENTS, MAX_SEALED, MAX_SIGNATURE, MAX_TEXT, MAX_WRAPPED_KEY, SEAL_OVERHEAD,
+    };
+
+    fn name(i: usize) -> UserName {
+        UserName::new(&format!("u{i:0>width$}", width = USER_NAME_MAX - 1)).unwrap()
+    }
+
+    /// The largest envelope an honest client can build around `ciphertext`: the most
+    /// recipients with the longest names, a group at the largest epoch, the largest signature.
+    fn largest(ciphertext: usize) -> Envelope {
+        let recipients: Vec<UserName> = (0..MAX_RECIPIENTS).map(name).collect();
+        Envelope {
+            sealed: Sealed {
+                header: Header {
+                    id: MsgId([0xff; 16]),
+                    sender: recipients[0].clone(),
+                    conversation: Conversation::Group {
+                        id: GroupId([0xff; 16]),
+                        epoch: u64::MAX,
+                    },
+                    kind: ContentKind::Text,
+                    sent_at_ms: u64::MAX,
+                    recipients: recipients.clone(),
+                },
+                ciphertext: vec![0xff; ciphertext],
+                signature: vec![0xff; MAX_SIGNATURE],
+            },
+            keys: recipients
+                .into_iter()
+                .map(|recipient| WrappedKey {
+                    recipient,
+                    wrapped: vec![0xff; MAX_WRAPPED_KEY],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn any_max_text_seals_within_the_limit() {
+        let envelope = largest(MAX_TEXT + SEAL_OVERHEAD);
+        let encoded = postcard::to_stdvec(&envelope.sealed).unwrap().len();
+        assert_eq!(envelope.sealed.encoded_len(), encoded);
+        assert!(encoded <= MAX_SEALED, "{encoded} > {MAX_SEALED}");
+        assert_eq!(envelope.check(), Ok(()));
+    }
+
+    #[test]
+    fn the_limit_is_on_the_encoded_sealed_part() {
+        // Ciphertext alone under the limit, the encoded sealed part one byte over it.
+        let mut envelope = largest(0);
+        let room = MAX_SEALED - envelope.sealed.encoded_len();
+        envelope.sealed.ciphertext = vec![0; room];
+        // The length prefix grew, so trim back to exactly the limit, then one over.
+        while envelope.sealed.encoded_len() > MAX_SEALED {
+            envelope.sealed.ciphertext.pop();
+        }
+        assert_eq!(envelope.check(), Ok(()));
+        envelope.sealed.ciphertext.push(0);
+        assert!(envelope.sealed.ciphertext.len() < MAX_SEALED);
+        assert_eq!(
+            envelope.check(),
+            Err(EnvelopeError::TooLarge {
+                what: "sealed envelope",
+                len: MAX_SEALED + 1,
+                max: MAX_SEALED,
+            })
+        );
     }
 }

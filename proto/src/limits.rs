@@ -3,10 +3,14 @@
 
 /// Largest frame body (postcard bytes after the `u32` length) on any stream.
 pub const MAX_FRAME: usize = 1024 * 1024;
-/// Largest plaintext of one text message, in bytes.
+/// Largest plaintext of one text message, in bytes. The client refuses a longer text before
+/// sealing it.
 pub const MAX_TEXT: usize = 64 * 1024;
-/// Largest sealed envelope (header + ciphertext + signature) a text message can produce.
-pub const MAX_SEALED: usize = 96 * 1024;
+/// Largest sealed part of an envelope *as encoded* (postcard bytes of header + ciphertext +
+/// signature): the one limit the node checks where an envelope enters and storage checks
+/// before writing. Any text of at most [`MAX_TEXT`] bytes seals to at most this (checked at
+/// compile time below, and by a test that encodes the largest possible envelope).
+pub const MAX_SEALED: usize = 128 * 1024;
 /// Largest wrapped content key: RSA-8192 ciphertext.
 pub const MAX_WRAPPED_KEY: usize = 1024;
 /// Largest public key (SPKI DER of RSA-8192 is ~1.1 KB).
@@ -33,3 +37,22 @@ pub const MAX_LIST_PAGE: usize = 1000;
 /// Most bytes of signed chain links in one `Group` answer (half a frame; the members list,
 /// bounded by [`MAX_GROUP_MEMBERS`], and the rest fit in the other half).
 pub const MAX_CHAIN_PAGE_BYTES: usize = MAX_FRAME / 2;
+
+/// AES-GCM nonce and tag around a sealed plaintext.
+pub const SEAL_OVERHEAD: usize = 12 + 16;
+/// An upper bound of the encoded header: id, sender, a group conversation, kind, time, and
+/// [`MAX_RECIPIENTS`] names of the longest length, each with its length prefix, plus the
+/// length prefixes of the three fields of a sealed part.
+pub const MAX_HEADER: usize = 16
+    + (1 + crate::ids::USER_NAME_MAX)
+    + (1 + 16 + 10)
+    + (1 + 16 + 10)
+    + 10
+    + 5
+    + MAX_RECIPIENTS * (1 + crate::ids::USER_NAME_MAX)
+    + 3 * 5;
+
+const _: () = assert!(
+    MAX_HEADER + MAX_TEXT + SEAL_OVERHEAD + MAX_SIGNATURE <= MAX_SEALED,
+    "a MAX_TEXT text must always seal within MAX_SEALED"
+);

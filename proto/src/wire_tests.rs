@@ -292,6 +292,11 @@ fn node_to_client() -> Vec<NodeToClient> {
             after_ms: 250,
             reason: "node draining".into(),
         },
+        Expired {
+            id: MsgId([7; 16]),
+            recipient: bob(),
+            expired_at_ms: 1_700_000_000_000,
+        },
     ]
 }
 

@@ -180,6 +180,9 @@ pub struct GroupChange {
 pub struct NewMessage {
     /// Sender-chosen id; enqueueing the same id again changes nothing.
     pub id: MsgId,
+    /// Who sent it (the session's user): counted against the per-sender quota and told when
+    /// the message expires unread.
+    pub sender: UserName,
     /// The encoded sealed envelope (header, ciphertext, signature), the same for every
     /// recipient.
     pub sealed: Vec<u8>,
@@ -193,13 +196,99 @@ pub struct NewMessage {
 }
 
 /// What [`Storage::enqueue`] did with one message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Enqueued {
     /// Stored and queued for every recipient.
     Stored,
     /// A message with this id is still stored (some recipient has not acknowledged it);
     /// nothing changed.
     Duplicate,
+    /// Not stored, for a reason of its own; the other messages of the batch are unaffected.
+    Refused(Refused),
+}
+
+/// Why one message of a batch was not stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Storing it would take `recipient`'s queue past `limit`.
+    QueueFull {
+        /// Whose queue is full.
+        recipient: UserName,
+        /// Which limit it would pass.
+        limit: QuotaLimit,
+    },
+    /// A recipient has no account.
+    UnknownRecipient(UserName),
+    /// The envelope, a key, or the recipient list is larger than [`limits`] allow.
+    TooLarge {
+        /// Which value.
+        what: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// One limit of a [`QueueQuota`], with its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaLimit {
+    /// [`QueueQuota::max_messages`].
+    Messages(u64),
+    /// [`QueueQuota::max_bytes`].
+    Bytes(u64),
+    /// [`QueueQuota::max_messages_per_sender`].
+    MessagesFromSender(u64),
+    /// [`QueueQuota::max_bytes_per_sender`].
+    BytesFromSender(u64),
+}
+
+impl std::fmt::Display for QuotaLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Messages(n) => write!(f, "{n} waiting messages"),
+            Self::Bytes(n) => write!(f, "{n} waiting bytes"),
+            Self::MessagesFromSender(n) => write!(f, "{n} waiting messages from one sender"),
+            Self::BytesFromSender(n) => write!(f, "{n} waiting bytes from one sender"),
+        }
+    }
+}
+
+/// What may wait, unacknowledged, in one recipient's queue. A queue row's size is its sealed
+/// envelope, its wrapped key and its image blob. Checked by [`Storage::commit`] inside the
+/// transaction that writes, after the recipients' queues are locked, so concurrent commits
+/// (from any node sharing the storage) never overshoot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueQuota {
+    /// Most messages waiting for one recipient.
+    pub max_messages: u64,
+    /// Most bytes waiting for one recipient.
+    pub max_bytes: u64,
+    /// Most messages from one sender waiting for one recipient.
+    pub max_messages_per_sender: u64,
+    /// Most bytes from one sender waiting for one recipient.
+    pub max_bytes_per_sender: u64,
+}
+
+impl QueueQuota {
+    /// No limits (what [`Storage::enqueue`] uses: fixtures and tools, not senders).
+    pub const UNLIMITED: Self = Self {
+        max_messages: u64::MAX,
+        max_bytes: u64::MAX,
+        max_messages_per_sender: u64::MAX,
+        max_bytes_per_sender: u64::MAX,
+    };
+}
+
+/// A sender's message that expired in a recipient's queue before it was acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiryNotice {
+    /// The message.
+    pub id: MsgId,
+    /// Who never acknowledged it.
+    pub recipient: UserName,
+    /// When it was removed.
+    pub expired_at: UnixMillis,
 }
 
 /// A recipient's acknowledgement: these messages may leave their queue.
@@ -381,11 +470,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Persists messages in one transaction: each stored once and queued for each of its
     /// recipients, in order. A message whose id is already stored is
-    /// [`Enqueued::Duplicate`] and changes nothing. Either every message is persisted or
-    /// none is: an unknown recipient → [`StorageError::NotFound`], an oversized envelope or
-    /// key, or too many recipients → [`StorageError::TooLarge`], and nothing is written. A
-    /// message without recipients would never be acknowledged, so it is not stored (it is
-    /// reported [`Enqueued::Stored`]).
+    /// [`Enqueued::Duplicate`] and changes nothing. One message never fails the others: an
+    /// unknown recipient, an oversized envelope or key, or too many recipients make that
+    /// message [`Enqueued::Refused`] and nothing of it is written. A message without
+    /// recipients would never be acknowledged, so it is not stored (it is reported
+    /// [`Enqueued::Stored`]). No quota applies (see [`Storage::commit`]).
     fn enqueue(
         &self,
         messages: &[NewMessage],
@@ -415,13 +504,45 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Enqueues `messages` (as [`Storage::enqueue`]) and applies `acks` (as [`Storage::ack`])
     /// in one transaction: the group commit a node uses, so one commit serves every sender and
-    /// receiver that gathered meanwhile. Messages are written before acks. All or nothing: an
-    /// error in any message writes nothing.
+    /// receiver that gathered meanwhile. Messages are written before acks. A message that
+    /// would take any recipient's queue past `quota` (counting what waits there and the
+    /// earlier messages of this batch) is [`Enqueued::Refused`] with
+    /// [`Refused::QueueFull`], and its image blob is deleted. An `Err` means nothing was
+    /// written (the database failed, not a message).
     fn commit(
         &self,
         messages: &[NewMessage],
         acks: &[Ack],
+        quota: &QueueQuota,
     ) -> impl Future<Output = Result<Committed>> + Send;
+
+    /// Whether a message of `bytes` from `sender` to `recipients` would fit `quota` now:
+    /// `Some` names the first recipient whose queue it would overflow. A read-only early check
+    /// (an image upload asks before receiving the image); [`Storage::commit`] checks again.
+    fn queue_room(
+        &self,
+        sender: &UserName,
+        recipients: &[UserName],
+        bytes: u64,
+        quota: &QueueQuota,
+    ) -> impl Future<Output = Result<Option<Refused>>> + Send;
+
+    /// Removes every queued copy of the messages that arrived before `before` (nobody
+    /// acknowledged them in time), with the messages and their image blobs, and records an
+    /// [`ExpiryNotice`] for each copy's sender, stamped `now`. Notices older than `before`
+    /// are dropped too. Returns the senders who have new notices.
+    fn expire(
+        &self,
+        before: UnixMillis,
+        now: UnixMillis,
+    ) -> impl Future<Output = Result<Vec<UserName>>> + Send;
+
+    /// Removes and returns up to `limit` of `sender`'s expiry notices, oldest first.
+    fn take_expiry_notices(
+        &self,
+        sender: &UserName,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ExpiryNotice>>> + Send;
 
     /// How many messages wait for `user`.
     fn queue_depth(&self, user: &UserName) -> impl Future<Output = Result<u64>> + Send;

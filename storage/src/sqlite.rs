@@ -16,8 +16,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-use crate::Result;
 use crate::sql::Dialect;
+use crate::{Result, StorageError};
 
 /// The embedded migrations for this dialect.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -52,6 +52,7 @@ impl SqliteStorage {
     /// Opens the database described by `options` (whose durability and locking settings are
     /// overridden as this module describes) and brings its schema up to date.
     pub async fn connect_with(options: SqliteConnectOptions) -> Result<Self> {
+        private_files(options.get_filename())?;
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -82,6 +83,41 @@ impl SqliteStorage {
     }
 }
 
+/// Makes the database file and its `-wal`/`-shm` companions owner-only (0600) whatever the
+/// umask: they hold password hashes, key backups and session-token hashes. The file is
+/// created 0600 before SQLite opens it, and SQLite gives the companions it creates the main
+/// file's mode; files left by an older version are tightened. In-memory databases have no
+/// file (their "filename" is `:memory:` or a shared-cache name).
+fn private_files(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let name = path.to_string_lossy();
+        if name.is_empty() || name.starts_with(':') || name.starts_with("file:") {
+            return Ok(());
+        }
+        let io = |err| StorageError::Backend(sqlx::Error::Io(err));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(io(err)),
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 impl Dialect for SqliteStorage {
     type Db = Sqlite;
 
@@ -102,3 +138,43 @@ impl Dialect for SqliteStorage {
 }
 
 crate::sql::impl_storage!(SqliteStorage);
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::Storage;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The database and the WAL and shared-memory files SQLite creates beside it are 0600,
+    /// even under a permissive umask (the tests' 022 would give 0644), and a file an older
+    /// version left readable is tightened.
+    #[tokio::test]
+    async fn database_files_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quip.db");
+        let store = SqliteStorage::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let name = quip_proto::ids::UserName::new("perm-ann").unwrap();
+        store.purge_sessions(0).await.unwrap();
+        let _ = store.queue_depth(&name).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("quip.db{suffix}"));
+            assert!(file.exists(), "{} exists while open", file.display());
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        store.close().await;
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SqliteStorage::connect(path.to_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(mode(&path), 0o600, "tightened on open");
+        store.close().await;
+    }
+}

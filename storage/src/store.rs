@@ -3,9 +3,9 @@
 use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
 
 use crate::{
-    Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, LoginThrottle, Member, NewGroup,
-    NewMessage, NewUser, Page, PostgresStorage, QueuedMessage, Result, SessionRecord,
-    SqliteStorage, Storage, StorageError, UnixMillis, UserRecord,
+    Ack, BlobInfo, Committed, Enqueued, ExpiryNotice, GroupChange, GroupRecord, LoginThrottle,
+    Member, NewGroup, NewMessage, NewUser, Page, PostgresStorage, QueueQuota, QueuedMessage,
+    Refused, Result, SessionRecord, SqliteStorage, Storage, StorageError, UnixMillis, UserRecord,
 };
 
 /// Either backend, picked by [`Store::connect`] from the URL's scheme.
@@ -158,8 +158,35 @@ impl Storage for Store {
         dispatch!(self.ack(user, ids))
     }
 
-    async fn commit(&self, messages: &[NewMessage], acks: &[Ack]) -> Result<Committed> {
-        dispatch!(self.commit(messages, acks))
+    async fn commit(
+        &self,
+        messages: &[NewMessage],
+        acks: &[Ack],
+        quota: &QueueQuota,
+    ) -> Result<Committed> {
+        dispatch!(self.commit(messages, acks, quota))
+    }
+
+    async fn queue_room(
+        &self,
+        sender: &UserName,
+        recipients: &[UserName],
+        bytes: u64,
+        quota: &QueueQuota,
+    ) -> Result<Option<Refused>> {
+        dispatch!(self.queue_room(sender, recipients, bytes, quota))
+    }
+
+    async fn expire(&self, before: UnixMillis, now: UnixMillis) -> Result<Vec<UserName>> {
+        dispatch!(self.expire(before, now))
+    }
+
+    async fn take_expiry_notices(
+        &self,
+        sender: &UserName,
+        limit: u32,
+    ) -> Result<Vec<ExpiryNotice>> {
+        dispatch!(self.take_expiry_notices(sender, limit))
     }
 
     async fn queue_depth(&self, user: &UserName) -> Result<u64> {

@@ -273,7 +273,7 @@ impl User {
                 ledger.rejected(&me, "handling a delivery timed out".into());
                 Some(Duration::ZERO)
             }
-            Ok(None | Some(Incoming::GroupChanged(_))) => None,
+            Ok(None | Some(Incoming::GroupChanged(_) | Incoming::Expired { .. })) => None,
             Ok(Some(Incoming::Message(message))) => {
                 ledger.shown(&me, &message.text);
                 None

@@ -18,6 +18,19 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
     builder.create(dir).map_err(E2eError::io(dir))
 }
 
+/// Creates the client's data root owner-only (0700) whatever the umask, and makes one that an
+/// older version created readable by others owner-only too: it holds key files, pins, seen
+/// ids and received images.
+pub fn private_root(dir: &Path) -> Result<()> {
+    ensure_dir(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(E2eError::io(dir))?;
+    }
+    Ok(())
+}
+
 /// Options that create a new owner-only (0600) file.
 pub(crate) fn private_options() -> OpenOptions {
     let mut options = OpenOptions::new();

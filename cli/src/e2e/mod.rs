@@ -31,6 +31,7 @@
 mod backup;
 mod error;
 mod files;
+pub use files::private_root;
 mod group;
 mod heads;
 mod identity;

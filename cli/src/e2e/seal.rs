@@ -423,8 +423,8 @@ mod tests {
             matches!(err, E2eError::Envelope(EnvelopeError::TooLarge { .. })),
             "{err:?}"
         );
-        // The largest plaintext that fits is accepted.
-        let max = MAX_SEALED - NONCE_LEN - TAG_LEN;
+        // The largest text is accepted (the limits guarantee it fits with any header).
+        let max = quip_proto::limits::MAX_TEXT;
         seal(alice(), header("alice", "bob"), &[me, bob_], &vec![0; max]).unwrap();
     }
 }

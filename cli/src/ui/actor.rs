@@ -283,5 +283,8 @@ pub(crate) fn render(client: &Client, incoming: &Incoming) -> String {
         Incoming::Held(err) => format!("! {err}"),
         Incoming::Reconnect { .. } => "! the server is restarting; please reconnect".to_owned(),
         Incoming::Closed(why) => format!("! disconnected: {why}"),
+        Incoming::Expired { id, recipient } => {
+            format!("! your message {id} to {recipient} expired unread; the server deleted it")
+        }
     }
 }

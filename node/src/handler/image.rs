@@ -87,6 +87,29 @@ async fn upload<S: Storage>(
             format!("the image is {len} bytes; this node accepts at most {max}"),
         ));
     }
+    // Quotas before a byte of the image is stored (the commit checks again, race-safe).
+    let recipients: Vec<UserName> = envelope
+        .keys
+        .iter()
+        .map(|key| key.recipient.clone())
+        .filter(|name| name != user)
+        .collect();
+    let key = envelope
+        .keys
+        .iter()
+        .map(|k| k.wrapped.len())
+        .max()
+        .unwrap_or(0);
+    let bytes = len + (envelope.sealed.encoded_len() + key) as u64;
+    let quota = &node.config.queue_quota;
+    if let Some(refused) = node
+        .storage
+        .queue_room(user, &recipients, bytes, quota)
+        .await
+        .map_err(Refusal::internal)?
+    {
+        return Err(super::message::refusal(refused));
+    }
     match node.storage.blob_create(&blob, user, now_ms()).await {
         Ok(()) => {}
         Err(StorageError::AlreadyExists { .. }) => {

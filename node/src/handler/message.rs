@@ -7,10 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quip_proto::client::deliver_prefix;
+use quip_proto::envelope::EnvelopeError;
 use quip_proto::ids::{BlobId, MsgId, UserName};
 use quip_proto::{ContentKind, Conversation, Envelope, ErrorCode, NodeToClient, ReqId};
-use quip_storage::{Enqueued, NewMessage, Storage};
+use quip_storage::{Enqueued, ExpiryNotice, NewMessage, Refused, Storage};
 use tokio::sync::oneshot;
+
+use quip_proto::limits::MAX_SEALED;
 
 use super::now_ms;
 use crate::Node;
@@ -43,7 +46,10 @@ pub(crate) async fn check_route<S: Storage>(
     envelope: &Envelope,
     carrier: Carrier,
 ) -> Result<(), Refusal> {
-    envelope.check().map_err(|e| invalid(e.to_string()))?;
+    envelope.check().map_err(|e| match e {
+        EnvelopeError::TooLarge { .. } => Refusal::new(ErrorCode::TooLarge, e.to_string()),
+        e => invalid(e.to_string()),
+    })?;
     let header = &envelope.sealed.header;
     if &header.sender != sender {
         return Err(Refusal::new(
@@ -109,9 +115,11 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// Waits for the commit: `Stored`, or an error saying nothing was accepted.
+    /// Waits for the commit: `Stored`, or an error saying nothing was accepted (and why,
+    /// when it is this message's own fault or a full queue).
     pub(crate) async fn answer(self, req: ReqId) -> NodeToClient {
         match self.done.await {
+            Ok(Ok(Enqueued::Refused(refused))) => refusal(refused).into_error(Some(req)),
             Ok(Ok(outcome)) => NodeToClient::Stored {
                 req,
                 id: self.id,
@@ -127,6 +135,26 @@ impl Pending {
     }
 }
 
+/// What the sender is told when storage refuses their message.
+pub(crate) fn refusal(refused: Refused) -> Refusal {
+    match refused {
+        Refused::QueueFull { recipient, limit } => Refusal::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "{recipient} has too much unread: their queue holds at most {limit}; \
+                 nothing was sent, try again once they have read some"
+            ),
+        ),
+        Refused::UnknownRecipient(user) => {
+            Refusal::new(ErrorCode::UnknownUser, format!("no user {user}"))
+        }
+        Refused::TooLarge { what, len, max } => Refusal::new(
+            ErrorCode::TooLarge,
+            format!("{what} of {len} bytes exceeds the limit of {max}"),
+        ),
+    }
+}
+
 /// Hands a checked envelope to the writer: stored once, queued for every recipient but the
 /// sender, pushed to those online after the commit.
 pub(crate) async fn submit<S: Storage>(
@@ -137,6 +165,16 @@ pub(crate) async fn submit<S: Storage>(
 ) -> Result<Pending, Refusal> {
     let id = envelope.sealed.header.id;
     let sealed = Bytes::from(postcard::to_stdvec(&envelope.sealed).map_err(Refusal::internal)?);
+    // `check_route` counted this size already; the bytes storage will store are the proof.
+    if sealed.len() > MAX_SEALED {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!(
+                "sealed envelope of {} bytes exceeds the limit of {MAX_SEALED}",
+                sealed.len()
+            ),
+        ));
+    }
     let mut recipients = Vec::with_capacity(envelope.keys.len());
     let mut prefixes = Vec::with_capacity(envelope.keys.len());
     for key in envelope.keys.into_iter().filter(|k| &k.recipient != sender) {
@@ -148,6 +186,7 @@ pub(crate) async fn submit<S: Storage>(
     let job = Job {
         message: NewMessage {
             id,
+            sender: sender.clone(),
             sealed: sealed.to_vec(),
             blob,
             recipients,
@@ -180,12 +219,57 @@ pub(crate) async fn ack<S: Storage>(session: &Session<S>, ids: Vec<MsgId>) -> Re
         .map_err(|()| Refusal::new(ErrorCode::Busy, "node is shutting down"))
 }
 
-/// Pushes everything waiting in `user`'s queue, oldest first, into the session's outbox.
-///
+/// Expiry notices handed to a session per storage read.
+const NOTICE_PAGE: u32 = 512;
+
+/// The frames telling a sender their messages expired unread.
+pub(crate) fn expiry_frames(notices: Vec<ExpiryNotice>) -> Vec<Bytes> {
+    notices
+        .into_iter()
+        .filter_map(|notice| {
+            let expired = NodeToClient::Expired {
+                id: notice.id,
+                recipient: notice.recipient,
+                expired_at_ms: notice.expired_at.max(0) as u64,
+            };
+            quip_proto::frame::encode(&expired).ok().map(Bytes::from)
+        })
+        .collect()
+}
+
+/// Hands `user`'s expiry notices to the session (each is taken from storage once).
+async fn tell_expired<S: Storage>(node: &Node<S>, user: &UserName, outbox: &Outbox) {
+    loop {
+        let notices = match node.storage.take_expiry_notices(user, NOTICE_PAGE).await {
+            Ok(notices) => notices,
+            Err(err) => {
+                tracing::warn!(error = %err, %user, "cannot read expiry notices");
+                return;
+            }
+        };
+        let full = notices.len() == NOTICE_PAGE as usize;
+        for frame in expiry_frames(notices) {
+            if outbox.send(Outgoing::Frame(frame)).await.is_err() {
+                return;
+            }
+        }
+        if !full {
+            return;
+        }
+    }
+}
+
+/// Pushes everything waiting in `user`'s queue, oldest first, into the session's outbox,
+/// then the notices of the user's messages that expired unread.
+pub(crate) async fn drain<S: Storage>(node: Arc<Node<S>>, user: UserName, outbox: Outbox) {
+    drain_queue(&node, &user, &outbox).await;
+    tell_expired(&node, &user, &outbox).await;
+}
+
 /// Memory stays within about twice the outbox's byte budget whatever the queue holds: each
 /// page is read only once the outbox has room for half a budget, and pages are sized (from
 /// the rows seen so far) to about half a budget of bytes.
-pub(crate) async fn drain<S: Storage>(node: Arc<Node<S>>, user: UserName, outbox: Outbox) {
+async fn drain_queue<S: Storage>(node: &Node<S>, user: &UserName, outbox: &Outbox) {
     let half = outbox.budget() / 2;
     let (mut after, mut rows, mut bytes) = (0, 0usize, 0usize);
     loop {
@@ -196,7 +280,7 @@ pub(crate) async fn drain<S: Storage>(node: Arc<Node<S>>, user: UserName, outbox
         if outbox.room_for(half).await.is_err() {
             return;
         }
-        let page = match node.storage.pending(&user, after, page_rows).await {
+        let page = match node.storage.pending(user, after, page_rows).await {
             Ok(page) => page,
             Err(err) => {
                 tracing::error!(error = %err, %user, "cannot read queue");

@@ -62,14 +62,21 @@ fn read(path: &Path) -> Result<String, TlsError> {
     })
 }
 
-/// Writes `contents` to `path` atomically; `secret` files are made owner-only (0600).
+/// Writes `contents` to `path` atomically; `secret` files are made owner-only (0600), and a
+/// missing directory is created owner-only (0700).
 pub(crate) fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), TlsError> {
     let io = |source| TlsError::Io {
         path: path.display().to_string(),
         source,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // Directories created here (a node's data directory, a client's data root) are
+        // owner-only whatever the umask.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(io)?;
     }
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();

@@ -40,8 +40,10 @@ pub async fn run_all(store: &impl Storage) {
     groups::creation(store, &fx).await;
     groups::changes(store, &fx).await;
     queue::delivery(store, &fx).await;
-    queue::all_or_nothing(store, &fx).await;
+    queue::one_bad_message_alone(store, &fx).await;
     queue::group_commit(store, &fx).await;
+    queue::quotas(store, &fx).await;
+    queue::expiry(store, &fx).await;
     queue::blob_follows_message(store, &fx).await;
     blobs::upload(store, &fx).await;
     blobs::purge(store, &fx).await;
@@ -219,6 +221,7 @@ impl Fixture {
     fn message(&self, recipients: &[&UserName], body: &str) -> NewMessage {
         NewMessage {
             id: self.msg_id(),
+            sender: self.name("sender"),
             sealed: format!("sealed {body}").into_bytes(),
             blob: None,
             recipients: recipients

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use quip_proto::ids::{MsgId, UserName};
 
 use super::{DAY, Fixture, wrapped_key};
-use crate::{Ack, Committed, Enqueued, NewMessage, QueuedMessage, Storage, StorageError, limits};
+use crate::{
+    Ack, Committed, Enqueued, ExpiryNotice, NewMessage, QueueQuota, QueuedMessage, QuotaLimit,
+    Refused, Storage, limits,
+};
 
 /// Everything waiting for `user`.
 async fn all_pending(store: &impl Storage, user: &UserName) -> Vec<QueuedMessage> {
@@ -134,10 +137,9 @@ pub(super) async fn delivery(store: &impl Storage, fx: &Fixture) {
     assert_eq!(store.ack(&ann, &[twice.id]).await.unwrap(), 1);
 }
 
-/// A failing message fails its whole batch, and nothing is written.
-pub(super) async fn all_or_nothing(store: &impl Storage, fx: &Fixture) {
+/// A failing message is refused on its own: the rest of its batch is stored.
+pub(super) async fn one_bad_message_alone(store: &impl Storage, fx: &Fixture) {
     let [ann] = fx.users(store, ["n-ann"]).await;
-    let good = fx.message(&[&ann], "good");
     let ghost = fx.name("n-ghost");
 
     let mut big_sealed = fx.message(&[&ann], "big sealed");
@@ -150,12 +152,12 @@ pub(super) async fn all_or_nothing(store: &impl Storage, fx: &Fixture) {
     let crowded = fx.message(&crowd.iter().collect::<Vec<_>>(), "crowded");
     let unknown = fx.message(&[&ann, &ghost], "unknown");
 
-    type Expect = fn(&crate::Result<Vec<Enqueued>>) -> bool;
+    type Expect = fn(&Enqueued) -> bool;
     let cases: [(&str, NewMessage, Expect); 4] = [
         ("oversized envelope", big_sealed, |r| {
             matches!(
                 r,
-                Err(StorageError::TooLarge {
+                Enqueued::Refused(Refused::TooLarge {
                     what: "sealed envelope",
                     ..
                 })
@@ -164,7 +166,7 @@ pub(super) async fn all_or_nothing(store: &impl Storage, fx: &Fixture) {
         ("oversized key", big_key, |r| {
             matches!(
                 r,
-                Err(StorageError::TooLarge {
+                Enqueued::Refused(Refused::TooLarge {
                     what: "wrapped key",
                     ..
                 })
@@ -173,22 +175,30 @@ pub(super) async fn all_or_nothing(store: &impl Storage, fx: &Fixture) {
         ("too many recipients", crowded, |r| {
             matches!(
                 r,
-                Err(StorageError::TooLarge {
+                Enqueued::Refused(Refused::TooLarge {
                     what: "recipients",
                     ..
                 })
             )
         }),
         ("unknown recipient", unknown, |r| {
-            matches!(r, Err(StorageError::NotFound { what: "recipient" }))
+            matches!(r, Enqueued::Refused(Refused::UnknownRecipient(_)))
         }),
     ];
     for (case, bad, expect) in cases {
-        let result = store.enqueue(&[good.clone(), bad.clone()]).await;
-        assert!(expect(&result), "{case}: unexpected {result:?}");
-        assert_eq!(store.queue_depth(&ann).await.unwrap(), 0, "{case}");
+        let good = fx.message(&[&ann], "good");
+        let result = store.enqueue(&[good.clone(), bad.clone()]).await.unwrap();
+        assert_eq!(result[0], Enqueued::Stored, "{case}");
+        assert!(expect(&result[1]), "{case}: unexpected {result:?}");
+        assert_eq!(pending_ids(store, &ann).await, [good.id], "{case}");
+        assert_eq!(store.ack(&ann, &[good.id]).await.unwrap(), 1, "{case}");
+        // Nothing of the refused message was stored, so it is not a duplicate now.
+        assert!(!matches!(
+            store.enqueue(&[bad]).await.unwrap()[0],
+            Enqueued::Duplicate | Enqueued::Stored
+        ));
     }
-    // Nothing of `good` was stored, so it is not a duplicate now.
+    let good = fx.message(&[&ann], "good");
     assert_eq!(
         store.enqueue(std::slice::from_ref(&good)).await.unwrap(),
         [Enqueued::Stored]
@@ -237,7 +247,11 @@ pub(super) async fn group_commit(store: &impl Storage, fx: &Fixture) {
         },
     ];
     let committed = store
-        .commit(&[m3.clone(), m1.clone(), m4.clone()], &acks)
+        .commit(
+            &[m3.clone(), m1.clone(), m4.clone()],
+            &acks,
+            &QueueQuota::UNLIMITED,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -255,20 +269,40 @@ pub(super) async fn group_commit(store: &impl Storage, fx: &Fixture) {
         [Enqueued::Stored]
     );
 
-    // A bad message fails the whole commit, acks included.
+    // A bad message is refused alone; the acks of the same commit still apply.
     let mut bad = fx.message(&[&ann], "c-bad");
     bad.sealed = vec![0; limits::MAX_SEALED + 1];
+    let m5 = fx.message(&[&ann], "c5");
     let ack = Ack {
         user: ann.clone(),
         ids: vec![m3.id],
     };
-    let result = store.commit(&[bad], std::slice::from_ref(&ack)).await;
+    let committed = store
+        .commit(
+            &[bad, m5.clone()],
+            std::slice::from_ref(&ack),
+            &QueueQuota::UNLIMITED,
+        )
+        .await
+        .unwrap();
     assert!(
-        matches!(result, Err(StorageError::TooLarge { .. })),
-        "{result:?}"
+        matches!(
+            committed.enqueued[0],
+            Enqueued::Refused(Refused::TooLarge { .. })
+        ),
+        "{committed:?}"
     );
-    assert_eq!(pending_ids(store, &ann).await, [m3.id, m1.id]);
-    assert_eq!(store.commit(&[], &[]).await.unwrap(), Committed::default());
+    assert_eq!(committed.enqueued[1], Enqueued::Stored);
+    assert_eq!(committed.acked, 1);
+    assert_eq!(pending_ids(store, &ann).await, [m1.id, m5.id]);
+    assert_eq!(store.ack(&ann, &[m5.id]).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .commit(&[], &[], &QueueQuota::UNLIMITED)
+            .await
+            .unwrap(),
+        Committed::default()
+    );
 
     // Clean up, many users in one commit.
     let everything = [
@@ -285,7 +319,15 @@ pub(super) async fn group_commit(store: &impl Storage, fx: &Fixture) {
             ids: vec![m2.id, m3.id],
         },
     ];
-    assert_eq!(store.commit(&[], &everything).await.unwrap().acked, 7);
+    assert_eq!(
+        store
+            .commit(&[], &everything, &QueueQuota::UNLIMITED)
+            .await
+            .unwrap()
+            .acked,
+        6,
+        "ann's m1 (m3 went above); ben's m2, m4, m1; cat's m2, m3"
+    );
     for user in [&ann, &ben, &cat] {
         assert_eq!(store.queue_depth(user).await.unwrap(), 0);
     }
@@ -344,7 +386,7 @@ async fn produce(store: &impl Storage, fx: &Fixture, to: [&UserName; 2], tag: &s
             .map(|i| fx.message(&to, &format!("{tag} {batch}.{i}")))
             .collect();
         let outcome = store.enqueue(&messages).await.expect("enqueue");
-        assert_eq!(outcome, [Enqueued::Stored; BATCH]);
+        assert_eq!(outcome, vec![Enqueued::Stored; BATCH]);
         ids.extend(messages.iter().map(|m| m.id));
     }
     ids
@@ -388,6 +430,7 @@ async fn consume(store: &impl Storage, user: &UserName, total: usize) -> Vec<Msg
 /// once both recipients have acked it.
 pub async fn concurrent_queues(first: &impl Storage, second: &impl Storage) {
     let fx = Fixture::new();
+    concurrent_quota(first, second, &fx).await;
     let [x, y] = fx.users(first, ["cc-x", "cc-y"]).await;
     let total = 2 * PER_PRODUCER;
     let (from_a, from_b, seen_x, seen_y) = tokio::join!(
@@ -436,4 +479,223 @@ pub async fn concurrent_queues(first: &impl Storage, second: &impl Storage) {
     );
     let ids: Vec<MsgId> = again.iter().map(|m| m.id).collect();
     assert_eq!(first.ack(&x, &ids).await.unwrap(), ids.len() as u64);
+}
+
+/// `commit` with a quota: a message that would take a recipient's queue past a limit is
+/// refused alone (counting the earlier messages of its batch), naming the recipient and the
+/// limit; its image blob goes; `queue_room` agrees; an ack makes room again.
+pub(super) async fn quotas(store: &impl Storage, fx: &Fixture) {
+    let [ann, ben, cat, dan] = fx
+        .users(store, ["qt-ann", "qt-ben", "qt-cat", "qt-dan"])
+        .await;
+    let quota = QueueQuota {
+        max_messages: 5,
+        max_bytes: u64::MAX,
+        max_messages_per_sender: 3,
+        max_bytes_per_sender: u64::MAX,
+    };
+    let from = |sender: &UserName, to: &UserName, body: &str| {
+        let mut message = fx.message(&[to], body);
+        message.sender = sender.clone();
+        message
+    };
+    let commit = |messages: Vec<NewMessage>, quota: QueueQuota| async move {
+        store
+            .commit(&messages, &[], &quota)
+            .await
+            .expect("commit")
+            .enqueued
+    };
+    let full = |recipient: &UserName, limit| {
+        Enqueued::Refused(Refused::QueueFull {
+            recipient: recipient.clone(),
+            limit,
+        })
+    };
+
+    // Per sender, within one batch: ben's fourth is refused, the rest of the batch is not.
+    let bens: Vec<NewMessage> = (0..4).map(|i| from(&ben, &ann, &format!("b{i}"))).collect();
+    let cats = from(&cat, &ann, "c0");
+    let mut batch = bens.clone();
+    batch.push(cats.clone());
+    assert_eq!(
+        commit(batch, quota).await,
+        [
+            Enqueued::Stored,
+            Enqueued::Stored,
+            Enqueued::Stored,
+            full(&ann, QuotaLimit::MessagesFromSender(3)),
+            Enqueued::Stored,
+        ]
+    );
+    assert_eq!(store.queue_depth(&ann).await.unwrap(), 4);
+    // Another sender still gets through, up to the recipient's limit.
+    assert_eq!(
+        commit(vec![from(&cat, &ann, "c1"), from(&cat, &ann, "c2")], quota).await,
+        [Enqueued::Stored, full(&ann, QuotaLimit::Messages(5))]
+    );
+    assert_eq!(
+        store
+            .queue_room(&dan, std::slice::from_ref(&ann), 1, &quota)
+            .await
+            .unwrap(),
+        Some(Refused::QueueFull {
+            recipient: ann.clone(),
+            limit: QuotaLimit::Messages(5),
+        })
+    );
+    assert_eq!(
+        store
+            .queue_room(&dan, std::slice::from_ref(&dan), 1, &quota)
+            .await
+            .unwrap(),
+        None
+    );
+    // Reading makes room.
+    assert_eq!(store.ack(&ann, &[bens[0].id]).await.unwrap(), 1);
+    assert_eq!(
+        commit(vec![from(&ben, &ann, "b4")], quota).await,
+        [Enqueued::Stored]
+    );
+
+    // Bytes: a row is its envelope and key, plus its image.
+    let one = from(&ben, &dan, "bytes");
+    let size = (one.sealed.len() + one.recipients[0].1.len()) as u64;
+    let by_bytes = QueueQuota {
+        max_messages: u64::MAX,
+        max_bytes: 3 * size,
+        max_messages_per_sender: u64::MAX,
+        max_bytes_per_sender: 2 * size,
+    };
+    assert_eq!(
+        commit(
+            vec![
+                from(&ben, &dan, "bytes"),
+                from(&ben, &dan, "bytes"),
+                from(&ben, &dan, "bytes")
+            ],
+            by_bytes
+        )
+        .await,
+        [
+            Enqueued::Stored,
+            Enqueued::Stored,
+            full(&dan, QuotaLimit::BytesFromSender(2 * size)),
+        ]
+    );
+    let blob = fx.blob_id();
+    store.blob_create(&blob, &cat, fx.now + DAY).await.unwrap();
+    store
+        .blob_append(&blob, 0, &vec![7; 2 * size as usize])
+        .await
+        .unwrap();
+    store.blob_finish(&blob).await.unwrap();
+    let mut image = from(&cat, &dan, "bytes");
+    image.blob = Some(blob);
+    assert_eq!(
+        commit(vec![image], by_bytes).await,
+        [full(&dan, QuotaLimit::Bytes(3 * size))]
+    );
+    assert_eq!(
+        store.blob_info(&blob).await.unwrap(),
+        None,
+        "a refused image's blob goes"
+    );
+    assert_eq!(
+        commit(vec![from(&cat, &dan, "bytes")], by_bytes).await,
+        [Enqueued::Stored]
+    );
+    assert_eq!(store.queue_depth(&dan).await.unwrap(), 3);
+
+    for user in [&ann, &dan] {
+        let ids: Vec<MsgId> = pending_ids(store, user).await;
+        store.ack(user, &ids).await.unwrap();
+    }
+}
+
+/// `expire`: copies nobody acknowledged before the cut-off go, with their message and blob;
+/// the sender gets one notice per copy, taken once.
+pub(super) async fn expiry(store: &impl Storage, fx: &Fixture) {
+    let [ann, ben, cat] = fx.users(store, ["ex-ann", "ex-ben", "ex-cat"]).await;
+    // Far in the past, so no other run's live messages are in range of this sweep.
+    let (long_ago, cut_off) = (500, 1_000);
+    let blob = fx.blob_id();
+    store.blob_create(&blob, &ben, fx.now + DAY).await.unwrap();
+    store.blob_finish(&blob).await.unwrap();
+    let mut old = fx.message(&[&ann, &cat], "old");
+    old.sender = ben.clone();
+    old.created_at = long_ago;
+    old.blob = Some(blob);
+    let mut new = fx.message(&[&ann], "new");
+    new.sender = ben.clone();
+    store.enqueue(&[old.clone(), new.clone()]).await.unwrap();
+    assert_eq!(store.ack(&cat, &[old.id]).await.unwrap(), 1, "cat read it");
+
+    // (Another run's sweep on a shared database may expire it first; the notice is the same.)
+    store.expire(cut_off, fx.now).await.unwrap();
+    assert_eq!(pending_ids(store, &ann).await, [new.id]);
+    assert_eq!(store.blob_info(&blob).await.unwrap(), None);
+    assert_eq!(
+        store.take_expiry_notices(&ben, 10).await.unwrap(),
+        [ExpiryNotice {
+            id: old.id,
+            recipient: ann.clone(),
+            expired_at: fx.now,
+        }]
+    );
+    assert_eq!(store.take_expiry_notices(&ben, 10).await.unwrap(), []);
+    assert!(!store.expire(cut_off, fx.now).await.unwrap().contains(&ben));
+    // The id is free again: the message is gone.
+    assert_eq!(store.enqueue(&[old]).await.unwrap(), [Enqueued::Stored]);
+    store.ack(&ann, &[new.id]).await.unwrap();
+    let left = pending_ids(store, &ann).await;
+    store.ack(&ann, &left).await.unwrap();
+    store
+        .ack(&cat, &pending_ids(store, &cat).await)
+        .await
+        .unwrap();
+}
+
+/// Two handles committing to one recipient at once never take its queue past the quota: the
+/// check runs inside the writing transaction, after the queue is locked.
+async fn concurrent_quota(first: &impl Storage, second: &impl Storage, fx: &Fixture) {
+    const LIMIT: u64 = 10;
+    let [ann, ben, cat] = fx.users(first, ["cq-ann", "cq-ben", "cq-cat"]).await;
+    let quota = QueueQuota {
+        max_messages: LIMIT,
+        max_bytes: u64::MAX,
+        max_messages_per_sender: u64::MAX,
+        max_bytes_per_sender: u64::MAX,
+    };
+    let send = |sender: &UserName, label: &str| {
+        (0..LIMIT)
+            .map(|i| {
+                let mut message = fx.message(&[&ann], &format!("{label}{i}"));
+                message.sender = sender.clone();
+                message
+            })
+            .collect::<Vec<_>>()
+    };
+    let (ben_says, cat_says) = (send(&ben, "b"), send(&cat, "c"));
+    let (a, b) = tokio::join!(
+        one_by_one(first, ben_says, &quota),
+        one_by_one(second, cat_says, &quota)
+    );
+    assert_eq!(a + b, LIMIT, "exactly the quota was stored");
+    assert_eq!(first.queue_depth(&ann).await.unwrap(), LIMIT);
+    let ids = pending_ids(first, &ann).await;
+    first.ack(&ann, &ids).await.unwrap();
+}
+
+/// Commits `messages` one per transaction; returns how many were stored.
+async fn one_by_one(store: &impl Storage, messages: Vec<NewMessage>, quota: &QueueQuota) -> u64 {
+    let mut stored = 0;
+    for message in messages {
+        let outcome = store
+            .commit(std::slice::from_ref(&message), &[], quota)
+            .await
+            .unwrap();
+        stored += u64::from(outcome.enqueued == [Enqueued::Stored]);
+    }
+    stored
 }

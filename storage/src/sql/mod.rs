@@ -22,15 +22,15 @@
 //! first write; a multi-statement write runs in one [`Dialect::begin_write`] transaction,
 //! which rolls back when dropped on an error path.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
 use sqlx::{Database, Encode, QueryBuilder, Transaction, Type};
 
 use crate::{
-    BlobInfo, GroupRecord, Member, NewGroup, NewMessage, NewUser, QueuedMessage, Result, Role,
-    StorageError, UserRecord, limits,
+    BlobInfo, GroupRecord, Member, NewGroup, NewMessage, NewUser, QueueQuota, QueuedMessage,
+    QuotaLimit, Refused, Result, Role, StorageError, UserRecord, limits,
 };
 
 pub(crate) mod accounts;
@@ -91,12 +91,15 @@ pub(crate) mod prelude {
 
     pub(crate) use std::collections::HashSet;
 
-    pub(crate) use super::queue::{ACK_CHUNK, MESSAGE_CHUNK, QUEUE_CHUNK};
-    pub(crate) use super::{Dialect, check, decode, push_list};
+    pub(crate) use super::queue::{
+        ACK_CHUNK, EXPIRE_CHUNK, MESSAGE_CHUNK, NAME_CHUNK, QUEUE_CHUNK, USAGE_QUERY,
+    };
+    pub(crate) use super::{Dialect, Usage, check, decode, push_list, push_names};
     pub(crate) use crate::{
-        Ack, BlobInfo, Committed, Enqueued, GroupChange, GroupRecord, LoginThrottle, Member,
-        MemberEffect, NewGroup, NewMessage, NewUser, Page, QueuedMessage, Result, Role,
-        SessionRecord, Storage, StorageError, UnixMillis, UserRecord, limits,
+        Ack, BlobInfo, Committed, Enqueued, ExpiryNotice, GroupChange, GroupRecord, LoginThrottle,
+        Member, MemberEffect, NewGroup, NewMessage, NewUser, Page, QueueQuota, QueuedMessage,
+        Refused, Result, Role, SessionRecord, Storage, StorageError, UnixMillis, UserRecord,
+        limits,
     };
 }
 
@@ -109,6 +112,90 @@ where
     let mut list = query.separated(", ");
     for value in values {
         list.push_bind(*value);
+    }
+}
+
+/// Appends `names` as a comma-separated list of bound parameters.
+pub(crate) fn push_names<'a, DB>(query: &mut QueryBuilder<'a, DB>, names: &[&'a str])
+where
+    DB: Database,
+    &'a str: Encode<'a, DB> + Type<DB>,
+{
+    let mut list = query.separated(", ");
+    for name in names {
+        list.push_bind(*name);
+    }
+}
+
+/// What waits in the queues a batch touches — messages and bytes per recipient, and per
+/// recipient and sender — as read inside the writing transaction, plus what the batch adds.
+#[derive(Debug, Default)]
+pub(crate) struct Usage {
+    total: HashMap<String, (u64, u64)>,
+    by_sender: HashMap<(String, String), (u64, u64)>,
+}
+
+impl Usage {
+    /// Adds rows of [`queue::USAGE_QUERY`]: recipient, sender, messages, bytes.
+    pub(crate) fn extend(&mut self, rows: Vec<(String, String, i64, i64)>) {
+        for (recipient, sender, count, bytes) in rows {
+            let (count, bytes) = (count.max(0) as u64, bytes.max(0) as u64);
+            let total = self.total.entry(recipient.clone()).or_default();
+            total.0 += count;
+            total.1 += bytes;
+            let pair = self.by_sender.entry((recipient, sender)).or_default();
+            pair.0 += count;
+            pair.1 += bytes;
+        }
+    }
+
+    /// The first recipient whose queue one more message of `size` bytes from `sender` would
+    /// take past `quota`, if any.
+    pub(crate) fn check<'a>(
+        &self,
+        sender: &str,
+        recipients: impl IntoIterator<Item = &'a UserName>,
+        size: u64,
+        quota: &QueueQuota,
+    ) -> Option<Refused> {
+        for recipient in recipients {
+            let name = recipient.as_str();
+            let (count, bytes) = self.total.get(name).copied().unwrap_or_default();
+            let (mine, my_bytes) = self
+                .by_sender
+                .get(&(name.to_owned(), sender.to_owned()))
+                .copied()
+                .unwrap_or_default();
+            let limit = if count >= quota.max_messages {
+                QuotaLimit::Messages(quota.max_messages)
+            } else if bytes.saturating_add(size) > quota.max_bytes {
+                QuotaLimit::Bytes(quota.max_bytes)
+            } else if mine >= quota.max_messages_per_sender {
+                QuotaLimit::MessagesFromSender(quota.max_messages_per_sender)
+            } else if my_bytes.saturating_add(size) > quota.max_bytes_per_sender {
+                QuotaLimit::BytesFromSender(quota.max_bytes_per_sender)
+            } else {
+                continue;
+            };
+            return Some(Refused::QueueFull {
+                recipient: recipient.clone(),
+                limit,
+            });
+        }
+        None
+    }
+
+    /// Counts one more message of `size` bytes from `sender` for `recipient`.
+    pub(crate) fn add(&mut self, sender: &str, recipient: &str, size: u64) {
+        let total = self.total.entry(recipient.to_owned()).or_default();
+        total.0 += 1;
+        total.1 += size;
+        let pair = self
+            .by_sender
+            .entry((recipient.to_owned(), sender.to_owned()))
+            .or_default();
+        pair.0 += 1;
+        pair.1 += size;
     }
 }
 
@@ -159,8 +246,17 @@ pub(crate) mod check {
         Ok(others)
     }
 
-    /// A message to enqueue; returns its distinct recipients (first key wins), in order.
-    pub(crate) fn message(message: &NewMessage) -> Result<Vec<(&str, &[u8])>> {
+    /// A message to enqueue; returns its distinct recipients (first key wins), in order, or
+    /// why this message (alone) cannot be stored.
+    pub(crate) fn message(
+        message: &NewMessage,
+    ) -> std::result::Result<Vec<(&UserName, &[u8])>, Refused> {
+        let len = |what, len, max| {
+            if len > max {
+                return Err(Refused::TooLarge { what, len, max });
+            }
+            Ok(())
+        };
         len("sealed envelope", message.sealed.len(), limits::MAX_SEALED)?;
         len(
             "recipients",
@@ -168,11 +264,11 @@ pub(crate) mod check {
             limits::MAX_RECIPIENTS,
         )?;
         let mut seen = HashSet::with_capacity(message.recipients.len());
-        let mut recipients: Vec<(&str, &[u8])> = Vec::with_capacity(message.recipients.len());
+        let mut recipients: Vec<(&UserName, &[u8])> = Vec::with_capacity(message.recipients.len());
         for (name, key) in &message.recipients {
             len("wrapped key", key.len(), limits::MAX_WRAPPED_KEY)?;
             if seen.insert(name.as_str()) {
-                recipients.push((name.as_str(), key));
+                recipients.push((name, key));
             }
         }
         Ok(recipients)

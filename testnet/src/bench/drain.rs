@@ -53,10 +53,12 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
                 sealed_len = body.len();
                 NewMessage {
                     id: sealed.header.id,
+                    sender: sealed.header.sender.clone(),
                     sealed: body,
                     blob: None,
                     recipients: vec![(to.name.clone(), key.clone())],
-                    created_at: 0,
+                    // Now, not long ago: the node's expiry sweep would remove it.
+                    created_at: super::support::now_ms(),
                 }
             })
             .collect();

@@ -214,6 +214,7 @@ async fn storage_share(
         let extra = group_text(&sender.name, group, &names);
         let message = NewMessage {
             id: extra.sealed.header.id,
+            sender: sender.name.clone(),
             sealed: quip_proto::frame::encode(&extra.sealed)?[4..].to_vec(),
             blob: None,
             recipients: extra
@@ -222,7 +223,7 @@ async fn storage_share(
                 .filter(|k| k.recipient != sender.name)
                 .map(|k| (k.recipient.clone(), k.wrapped.clone()))
                 .collect(),
-            created_at: 0,
+            created_at: super::support::now_ms(),
         };
         let committing = Instant::now();
         node.storage.enqueue(std::slice::from_ref(&message)).await?;

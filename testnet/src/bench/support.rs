@@ -345,3 +345,10 @@ pub(crate) async fn lean_receive(
     }
     got
 }
+
+/// The wall clock in milliseconds since the Unix epoch, as nodes stamp messages.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
