@@ -351,6 +351,12 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
         NODE_DEADLINE.as_secs(),
         storage_name(opts.database_url.as_deref())
     ));
+    report.notes.push(
+        "RSS added after closes: read 1 s after the node closed the connections; memory \
+         freed but kept by the allocator still counts in RSS, so this figure cannot tell freed \
+         from held"
+            .into(),
+    );
     if !all_real {
         report.notes.push(
             "no quip-node next to quip-testnet: the node ran as a child quip-testnet \
