@@ -9,8 +9,10 @@
 //! per second) over the idle window. Without a `quip-node` binary next to `quip-testnet`, the
 //! same `quip_node::start` runs in a child `quip-testnet` instead (said in the notes).
 //!
-//! Clients share a few UDP sockets (one `quinn::Endpoint` per [`CLIENTS_PER_ENDPOINT`]
-//! clients) rather than one each, so 10,000 clients need no 10,000 file descriptors; each
+//! Clients share UDP sockets (one `quinn::Endpoint` per [`CLIENTS_PER_ENDPOINT`] clients,
+//! each bound to its own loopback address 127.0.x.y, so the node's per-address connection
+//! limit holds with its default) rather than one each, so 10,000 clients need no 10,000 file
+//! descriptors; each
 //! does what `quip_cli::Connection` does — handshake, control stream with hellos, `Resume`
 //! with a stored session token — and then only reads (keep-alives keep it open). Sessions
 //! are created straight in storage before the node starts.
@@ -19,9 +21,12 @@
 //! __bare-idle-server`) with the same transport limits, clients connecting and exchanging
 //! one byte on a stream, then idling: its RSS per connection, connections/s and idle CPU.
 
+use std::any::Any;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use quip_proto::limits::MAX_FRAME;
 use quip_proto::{ClientToNode, NodeToClient};
-use quip_quic::{ClusterCa, FramedSend, Limits, Trust};
+use quip_quic::{ClusterCa, Limits, Trust};
 use quip_storage::Store;
 use tokio::sync::Semaphore;
 
@@ -38,8 +43,9 @@ use super::report::{Report, Row};
 use super::support::{cpu, storage_name};
 use crate::fixtures::users;
 
-/// Clients per shared client endpoint (UDP socket).
-const CLIENTS_PER_ENDPOINT: usize = 1000;
+/// Clients per shared client endpoint (UDP socket, with its own loopback address): half the
+/// node's default per-address connection limit (100).
+pub(crate) const CLIENTS_PER_ENDPOINT: usize = 50;
 /// Handshakes in flight at once while connecting.
 const CONNECTING: usize = 128;
 /// The largest size, run only when the memory measured at 10,000 says it fits.
@@ -56,7 +62,7 @@ const CHILD_DIR: &str = "QUIP_BENCH_CHILD_DIR";
 const CHILD_DB: &str = "QUIP_BENCH_CHILD_DB";
 
 /// A child process killed when dropped.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     /// The first line it printed.
     line: String,
@@ -88,7 +94,7 @@ impl Process {
         Ok(Self { child, line })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -101,7 +107,7 @@ impl Drop for Process {
 }
 
 /// Resident memory of `pid`, bytes.
-fn rss(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = status
         .lines()
@@ -135,12 +141,13 @@ struct Idle {
 }
 
 /// Connected idle clients; dropping closes them.
-struct Clients {
+pub(crate) struct Clients {
     endpoints: Vec<quinn::Endpoint>,
-    _held: Vec<(quinn::Connection, Option<FramedSend>)>,
-    alive: Arc<AtomicUsize>,
-    connected: usize,
-    elapsed: Duration,
+    /// Each connection, with what its client keeps open (streams).
+    pub(crate) held: Vec<(quinn::Connection, Box<dyn Any + Send>)>,
+    pub(crate) alive: Arc<AtomicUsize>,
+    pub(crate) connected: usize,
+    pub(crate) elapsed: Duration,
 }
 
 impl Drop for Clients {
@@ -151,16 +158,39 @@ impl Drop for Clients {
     }
 }
 
+/// What client `i` does on its connection once the handshake is done; it counts itself in
+/// `alive` when it is in, and returns what must stay open with the connection.
+pub(crate) type Script = Arc<
+    dyn Fn(
+            usize,
+            quinn::Connection,
+            Arc<AtomicUsize>,
+        ) -> Pin<Box<dyn Future<Output = anyhow::Result<Box<dyn Any + Send>>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// How each client logs in once connected.
 #[derive(Clone)]
-enum Login {
+pub(crate) enum Login {
     /// Quip: hellos, then `Resume` with the token.
     Resume(Vec<quip_proto::ids::SessionToken>),
     /// Bare: one byte each way.
     Byte,
+    /// Anything else (see `hostile`).
+    Script(Script),
 }
 
-async fn connect_all(
+/// The local address of shared client endpoint `k`: 127.0.a.b, a different one each (Linux
+/// routes all of 127/8 to the loopback interface).
+fn loopback(k: usize) -> SocketAddr {
+    let (a, b) = (k / 250, 2 + k % 250);
+    let a = u8::try_from(a).expect("at most 64,000 client endpoints");
+    SocketAddr::from((Ipv4Addr::new(127, 0, a, b as u8), 0))
+}
+
+/// Connects `n` clients to `addr` and runs `login` on each.
+pub(crate) async fn connect_all(
     addr: SocketAddr,
     config: quinn::ClientConfig,
     server_name: &'static str,
@@ -169,7 +199,7 @@ async fn connect_all(
 ) -> anyhow::Result<Clients> {
     let limits = Limits::client();
     let endpoints: Vec<quinn::Endpoint> = (0..n.div_ceil(CLIENTS_PER_ENDPOINT))
-        .map(|_| quip_quic::client_endpoint("127.0.0.1:0".parse().expect("valid"), &limits))
+        .map(|k| quip_quic::client_endpoint(loopback(k), &limits))
         .collect::<Result<_, _>>()?;
     let alive = Arc::new(AtomicUsize::new(0));
     let permits = Arc::new(Semaphore::new(CONNECTING));
@@ -202,7 +232,7 @@ async fn connect_all(
                             while let Ok(Some(_)) = recv.recv::<NodeToClient>().await {}
                             alive.fetch_sub(1, Ordering::Relaxed);
                         });
-                        (conn, Some(send))
+                        (conn, Box::new(send) as Box<dyn Any + Send>)
                     }
                     Login::Byte => {
                         let (mut send, mut recv) = conn.open_bi().await?;
@@ -217,7 +247,11 @@ async fn connect_all(
                             watched.closed().await;
                             alive.fetch_sub(1, Ordering::Relaxed);
                         });
-                        (conn, None)
+                        (conn, Box::new(()) as Box<dyn Any + Send>)
+                    }
+                    Login::Script(script) => {
+                        let keep = script(i, conn.clone(), alive).await?;
+                        (conn, keep)
                     }
                 };
                 Ok::<_, anyhow::Error>(held)
@@ -244,7 +278,7 @@ async fn connect_all(
     Ok(Clients {
         endpoints,
         connected: held.len(),
-        _held: held,
+        held,
         alive,
         elapsed,
     })
@@ -291,8 +325,9 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Starts the node in a child process on storage `url`; returns it, its address and trust.
-fn spawn_node(
+/// Starts the node in a child process on storage `url`; returns it, its address, trust, and
+/// whether it is the real `quip-node` binary.
+pub(crate) fn spawn_node(
     dir: &Path,
     url: &str,
     n: usize,
@@ -460,8 +495,8 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     report.notes.push(format!(
         "node and bare server are child processes; idle CPU over {} s; keep-alive every {:.1} s \
-         on both sides (Limits::client); {CLIENTS_PER_ENDPOINT} clients per client UDP socket; \
-         the node is started with --max-connections N + 1000; storage: {}",
+         on both sides (Limits::client); {CLIENTS_PER_ENDPOINT} clients per client UDP socket, \
+         each socket on its own loopback address (127.0.x.y); the node is started with --max-connections N + 1000; storage: {}",
         idle.as_secs(),
         Limits::client().keep_alive.as_secs_f64(),
         storage_name(opts.database_url.as_deref())

@@ -6,6 +6,7 @@ mod crypto;
 mod dm;
 mod drain;
 mod group;
+mod hostile;
 mod idle;
 mod image;
 mod login;
@@ -26,7 +27,9 @@ pub struct Options {
 }
 
 /// Every scenario by name.
-pub const SCENARIOS: &[&str] = &["image", "group", "crypto", "login", "drain", "dm", "idle"];
+pub const SCENARIOS: &[&str] = &[
+    "image", "group", "crypto", "login", "drain", "dm", "idle", "hostile",
+];
 
 /// Runs one scenario, or every one in turn for `all`.
 ///
@@ -87,6 +90,7 @@ async fn one(scenario: &str, opts: &Options) -> anyhow::Result<report::Report> {
         "crypto" => crypto::run(opts).await?,
         "dm" => dm::run(opts).await?,
         "idle" => idle::run(opts).await?,
+        "hostile" => hostile::run(opts).await?,
         "drain" => drain::run(opts).await?,
         "login" => login::run(opts).await?,
         other => anyhow::bail!("unknown scenario {other:?}; try one of {SCENARIOS:?} or all"),

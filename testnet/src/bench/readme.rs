@@ -28,6 +28,7 @@ const HEADLINES: &[(&str, &str)] = &[
     ("idle", "RSS per connection"),
     ("idle", "connects/s"),
     ("idle", "idle CPU"),
+    ("hostile", "RSS per connection"),
     ("crypto", "sender seal p50"),
     ("crypto", "receiver open p50"),
 ];
