@@ -10,6 +10,7 @@ mod hostile;
 mod idle;
 mod image;
 mod login;
+mod poison;
 pub mod readme;
 pub mod report;
 pub(crate) mod support;
@@ -28,7 +29,7 @@ pub struct Options {
 
 /// Every scenario by name.
 pub const SCENARIOS: &[&str] = &[
-    "image", "group", "crypto", "login", "drain", "dm", "idle", "hostile",
+    "image", "group", "crypto", "login", "drain", "dm", "idle", "hostile", "poison",
 ];
 
 /// Runs one scenario, or every one in turn for `all`.
@@ -93,6 +94,7 @@ async fn one(scenario: &str, opts: &Options) -> anyhow::Result<report::Report> {
         "hostile" => hostile::run(opts).await?,
         "drain" => drain::run(opts).await?,
         "login" => login::run(opts).await?,
+        "poison" => poison::run(opts).await?,
         other => anyhow::bail!("unknown scenario {other:?}; try one of {SCENARIOS:?} or all"),
     })
 }
