@@ -14,7 +14,8 @@
 //! 3. the same while a poisoner sends [`POISON_RATE`] envelopes/s that pass the entry check but
 //!    are refused inside the storage commit: their recipient's queue already holds the
 //!    poisoner's per-sender quota (filled through the node before the phase), so each is
-//!    `QuotaExceeded` in the same batches as the honest messages.
+//!    `QuotaExceeded` in the same batches as the honest messages;
+//! 4. honest alone again: how far the rate drifted over the run without any poison.
 //!
 //! Each phase warms up for [`WARM_UP`], then counts `Stored` answers and deliveries for
 //! `--secs`. Storage: SQLite in a temp directory, or Postgres with `--database-url`.
@@ -359,6 +360,8 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
         ("honest alone", Poison::None, sink),
         ("+200/s oversized", Poison::Oversized, sink),
         ("+200/s over quota", Poison::OverQuota, victim),
+        // Drift check: what the same load does now that the storage has seen the others.
+        ("honest alone, again", Poison::None, sink),
     ];
     let mut alone_rate = None;
     for (case, kind, to) in cases {
