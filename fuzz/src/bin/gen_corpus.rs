@@ -418,6 +418,22 @@ fn main() {
         "wrong-password",
         format!("{first}{wrong}").as_bytes(),
     );
+    // Regression: scrypt N = 2^20, r = 16 (2 GiB) was accepted; refused before the KDF now.
+    let cost = scrypt::Params::new(20, 16, 1).expect("scrypt params");
+    let params = pbes2::Parameters::scrypt_aes256gcm(cost, &[0; 16], [0; 12]).expect("pbes2");
+    let info = EncryptedPrivateKeyInfo {
+        encryption_algorithm: params.into(),
+        encrypted_data: OctetStringRef::new(&[0u8; 64]).expect("octets"),
+    };
+    let planted = SecretDocument::try_from(&info)
+        .expect("document")
+        .to_pem(EncryptedPrivateKeyInfoRef::PEM_LABEL, LineEnding::LF)
+        .expect("pem");
+    corpus.put(
+        "keystore",
+        "scrypt-2gib",
+        format!("{first}{}", *planted).as_bytes(),
+    );
 
     // known_cas: what `KnownCas` writes.
     let fp = hex::encode(Sha256::digest(b"a cluster CA certificate"));
