@@ -3,8 +3,12 @@
 //! client's own code. Run once from `fuzz/` (seeds are committed; rerun after a wire change):
 //!
 //! ```sh
-//! cargo run --release --features gen-corpus --bin gen-corpus
+//! RUSTC_BOOTSTRAP=1 cargo fuzz build --features gen-corpus gen-corpus
+//! ./target/x86_64-unknown-linux-gnu/release/gen-corpus
 //! ```
+//!
+//! (`cargo run --release --features gen-corpus --bin gen-corpus` works too, but builds every
+//! dependency a second time without the fuzzing flags.)
 
 use std::path::{Path, PathBuf};
 
