@@ -307,7 +307,7 @@ fn main() {
         corpus.put(
             "frame",
             &format!("envelope-{label}"),
-            &[&[kind, 0xff][..], &frames(&[env.clone()])].concat(),
+            &[&[kind, 0xff][..], &frames(std::slice::from_ref(&env))].concat(),
         );
         if !matches!(label, "direct" | "group") {
             continue;
@@ -316,7 +316,11 @@ fn main() {
         corpus.put(
             "frame",
             &format!("sealed-{label}"),
-            &[&[kind, 0xff][..], &frames(&[env.sealed.clone()])].concat(),
+            &[
+                &[kind, 0xff][..],
+                &frames(std::slice::from_ref(&env.sealed)),
+            ]
+            .concat(),
         );
         let delivery = Delivery {
             key: env.keys[0].wrapped.clone(),
