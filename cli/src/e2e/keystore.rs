@@ -160,7 +160,8 @@ fn decrypt_pem(pem: &str, password: &[u8], corrupt: &impl Fn() -> E2eError) -> R
                 && s.cost_parameter <= max_n
                 && (1..=max_r).contains(&s.block_size)
                 && (1..=max_p).contains(&s.parallelization)
-                && s.cost_parameter.saturating_mul(128 * u64::from(s.block_size))
+                && s.cost_parameter
+                    .saturating_mul(128 * u64::from(s.block_size))
                     <= SCRYPT_MAX_MEMORY => {}
         _ => return Err(corrupt()),
     }
