@@ -37,8 +37,12 @@ pub const KEY_FILE: &str = "keys.pem";
 /// scrypt cost of the key file: log2(N), r, p (OpenSSL's defaults; 16 MiB).
 const SCRYPT: (u8, u32, u32) = (14, 8, 1);
 /// The most expensive scrypt parameters accepted when loading (a damaged or planted file
-/// must not make us allocate gigabytes): log2(N) ≤ 20, r ≤ 16, p ≤ 4.
+/// must not make us allocate gigabytes): log2(N) ≤ 20, r ≤ 16, p ≤ 4, and at most
+/// [`SCRYPT_MAX_MEMORY`] together.
 const SCRYPT_MAX: (u64, u16, u16) = (1 << 20, 16, 4);
+/// scrypt's memory (128 · r · N bytes) allowed when loading: 4× what [`SCRYPT`] uses. Each
+/// bound of [`SCRYPT_MAX`] alone still allowed N = 2^20 with r = 16, i.e. 2 GiB.
+const SCRYPT_MAX_MEMORY: u64 = 64 * 1024 * 1024;
 /// A key file larger than this is not one Quip wrote (two RSA-8192 keys are ~13 KB).
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
@@ -155,7 +159,10 @@ fn decrypt_pem(pem: &str, password: &[u8], corrupt: &impl Fn() -> E2eError) -> R
                 && s.cost_parameter > 1
                 && s.cost_parameter <= max_n
                 && (1..=max_r).contains(&s.block_size)
-                && (1..=max_p).contains(&s.parallelization) => {}
+                && (1..=max_p).contains(&s.parallelization)
+                && s.cost_parameter
+                    .saturating_mul(128 * u64::from(s.block_size))
+                    <= SCRYPT_MAX_MEMORY => {}
         _ => return Err(corrupt()),
     }
     let plain = Zeroizing::new(
@@ -327,14 +334,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn expensive_kdf_parameters_refused_before_running() {
-        // A planted file asking for scrypt with N = 2^30 (1 TiB of memory) must be refused
-        // without trying.
-        let (_dir, store) = saved();
-        let cost = scrypt::Params::new(30, 8, 1).unwrap();
+    /// A key file of two blocks asking for scrypt with these parameters. Encrypting would
+    /// run the KDF, so any bytes serve as the ciphertext.
+    fn planted(log_n: u8, r: u32, p: u32) -> String {
+        let cost = scrypt::Params::new(log_n, r, p).unwrap();
         let params = pbes2::Parameters::scrypt_aes256gcm(cost, &[0; 16], [0; 12]).unwrap();
-        // Encrypting would run the KDF, so any bytes serve as the ciphertext.
         let info = EncryptedPrivateKeyInfo {
             encryption_algorithm: params.into(),
             encrypted_data: OctetStringRef::new(&[0u8; 64]).unwrap(),
@@ -343,8 +347,25 @@ mod tests {
             .unwrap()
             .to_pem(EncryptedPrivateKeyInfoRef::PEM_LABEL, LineEnding::LF)
             .unwrap();
-        fs::write(store.path(), [pem.as_str(), pem.as_str()].concat()).unwrap();
+        [pem.as_str(), pem.as_str()].concat()
+    }
+
+    #[test]
+    fn expensive_kdf_parameters_refused_before_running() {
+        // A planted file asking for scrypt with N = 2^30 (1 TiB of memory), or N = 2^20 with
+        // r = 16 (2 GiB, each within its own bound), must be refused without trying.
+        let (_dir, store) = saved();
+        for (log_n, r, p) in [(30, 8, 1), (20, 16, 1), (20, 8, 4), (17, 8, 1)] {
+            fs::write(store.path(), planted(log_n, r, p)).unwrap();
+            let err = store.load(alice_secrets()).unwrap_err();
+            assert!(
+                matches!(err, E2eError::CorruptKeyFile { .. }),
+                "N = 2^{log_n}, r = {r}, p = {p}: {err:?}"
+            );
+        }
+        // 64 MiB is still accepted: the KDF runs and the made-up ciphertext fails.
+        fs::write(store.path(), planted(16, 8, 1)).unwrap();
         let err = store.load(alice_secrets()).unwrap_err();
-        assert!(matches!(err, E2eError::CorruptKeyFile { .. }), "{err:?}");
+        assert!(matches!(err, E2eError::WrongPassword), "{err:?}");
     }
 }
