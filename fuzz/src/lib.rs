@@ -22,7 +22,11 @@ pub fn user() -> UserName {
 /// The secrets of [`USER`] and [`PASSWORD`], derived once.
 pub fn secrets() -> &'static Secrets {
     static CELL: OnceLock<Secrets> = OnceLock::new();
-    CELL.get_or_init(|| Secrets::derive(&user(), PASSWORD).expect("derive secrets"))
+    CELL.get_or_init(|| {
+        // Any deployment: the fuzz targets need *a* set of secrets, not a particular one.
+        let deployment = quip_cli::e2e::Deployment::of_ca(b"quip fuzz deployment");
+        Secrets::derive(&user(), PASSWORD, &deployment).expect("derive secrets")
+    })
 }
 
 /// A private scratch directory for this process (file parsers are fed through real files,
