@@ -74,6 +74,23 @@ impl From<FrameError> for ConnectError {
     }
 }
 
+/// An `Error` answer as [`ConnectError::Refused`]; any other answer as it is.
+fn refused(answer: NodeToClient) -> Result<NodeToClient, ConnectError> {
+    match answer {
+        NodeToClient::Error {
+            code,
+            message,
+            retry_after_ms,
+            ..
+        } => Err(ConnectError::Refused {
+            code,
+            message,
+            retry_after_ms,
+        }),
+        answer => Ok(answer),
+    }
+}
+
 /// The reason the peer gave for closing `conn`, if it closed it.
 fn closed_why(conn: &quinn::Connection) -> Option<String> {
     match conn.close_reason()? {
@@ -247,17 +264,7 @@ impl Connection {
             .insert(req, tx);
         self.send(&build(req)).await?;
         match rx.await {
-            Ok(NodeToClient::Error {
-                code,
-                message,
-                retry_after_ms,
-                ..
-            }) => Err(ConnectError::Refused {
-                code,
-                message,
-                retry_after_ms,
-            }),
-            Ok(answer) => Ok(answer),
+            Ok(answer) => refused(answer),
             Err(_) => Err(ConnectError::Lost(self.close_reason())),
         }
     }
@@ -286,17 +293,7 @@ impl Connection {
         .await;
         // The node may refuse mid-way (too large): its answer says why.
         match recv.expect::<NodeToClient>().await {
-            Ok(NodeToClient::Error {
-                code,
-                message,
-                retry_after_ms,
-                ..
-            }) => Err(ConnectError::Refused {
-                code,
-                message,
-                retry_after_ms,
-            }),
-            Ok(answer) => sent.map(|()| answer),
+            Ok(answer) => refused(answer).and_then(|answer| sent.map(|()| answer)),
             Err(err) => Err(sent.err().unwrap_or(err.into())),
         }
     }

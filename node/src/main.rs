@@ -258,28 +258,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Set by `quip-testnet up` for its children: stdin is then a pipe from the parent, and its
-/// end — the parent gone, however it ended, even by SIGKILL — stops this process as SIGTERM
-/// would (and exits it outright if the graceful stop takes longer than 10 s).
-#[cfg(unix)]
-const STOP_WITH_PARENT: &str = "QUIP_STOP_WITH_PARENT";
-
-/// Returns when stdin ends, if [`STOP_WITH_PARENT`] is set; never otherwise.
-#[cfg(unix)]
-async fn parent_gone() {
-    if std::env::var_os(STOP_WITH_PARENT).is_none() {
-        return std::future::pending().await;
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-        let _ = tx.send(());
-        std::thread::sleep(std::time::Duration::from_secs(10));
-        std::process::exit(1);
-    });
-    let _ = rx.await;
-}
-
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -288,7 +266,7 @@ async fn wait_for_signal() {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
-            _ = parent_gone() => {}
+            _ = quip_quic::parent_gone() => {}
         }
     }
     #[cfg(not(unix))]

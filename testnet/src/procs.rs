@@ -120,8 +120,7 @@ impl Binaries {
     }
 }
 
-/// Tells `quip-node` and `quip-master` to stop when their stdin (our pipe) ends.
-const STOP_WITH_PARENT: &str = "QUIP_STOP_WITH_PARENT";
+use quip_quic::STOP_WITH_PARENT;
 
 /// A child process that is SIGKILLed and reaped when dropped.
 #[derive(Debug)]

@@ -8,6 +8,7 @@ mod ca;
 mod error;
 mod framed;
 mod limit;
+mod parent;
 mod pin;
 pub mod tap;
 mod tls;
@@ -19,6 +20,7 @@ pub use framed::{
     FramedRecv, FramedSend, accept_control, close, flush_then_close, open_control, open_stream,
 };
 pub use limit::{Budget, KeyedBudget, PerAddress, RateLimit, Seat};
+pub use parent::{STOP_WITH_PARENT, parent_gone};
 pub use pin::{KnownCas, PinError};
 pub use tls::{Trust, client_config, server_config};
 pub use transport::{Limits, client_endpoint, server_endpoint};
