@@ -214,6 +214,23 @@ byte_ids! {
     BlobId(16);
 }
 
+/// One installation of the client (a *device*) of a user: a random number the device picks
+/// when it enrolls, unique per user. Every device is its own member (leaf) of each MLS group.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceId(pub u64);
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceId({self})")
+    }
+}
+
 /// A resumable session token: 32 random bytes from the node. Only its SHA-256 is stored.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionToken(pub [u8; 32]);
