@@ -10,6 +10,7 @@ mod hostile;
 mod idle;
 mod image;
 mod login;
+mod mls;
 mod poison;
 pub mod readme;
 pub mod report;
@@ -29,7 +30,7 @@ pub struct Options {
 
 /// Every scenario by name.
 pub const SCENARIOS: &[&str] = &[
-    "image", "group", "crypto", "login", "drain", "dm", "idle", "hostile", "poison",
+    "image", "group", "crypto", "mls", "login", "drain", "dm", "idle", "hostile", "poison",
 ];
 
 /// Runs one scenario, or every one in turn for `all`.
@@ -89,6 +90,7 @@ async fn one(scenario: &str, opts: &Options) -> anyhow::Result<report::Report> {
         "image" => image::run(opts).await?,
         "group" => group::run(opts).await?,
         "crypto" => crypto::run(opts).await?,
+        "mls" => mls::run(opts).await?,
         "dm" => dm::run(opts).await?,
         "idle" => idle::run(opts).await?,
         "hostile" => hostile::run(opts).await?,
