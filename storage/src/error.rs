@@ -43,6 +43,17 @@ pub enum StorageError {
         max: usize,
     },
 
+    /// A count limit of [`crate::limits`] is reached (a user's devices, a device's key
+    /// packages); nothing was written. Unlike [`StorageError::TooLarge`], the same request may
+    /// succeed once something was removed.
+    #[error("{what} full: the most is {max}")]
+    Full {
+        /// What is full, e.g. `"devices"`.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+
     /// A stored row failed to decode (e.g. a user name that no longer validates, an id of the
     /// wrong length). Never caused by input; it means the database was changed behind our back.
     #[error("stored {what} is corrupt: {detail}")]
