@@ -3,9 +3,9 @@
 //!
 //! Storage is the source of truth: a node persists a message to every recipient's queue
 //! before it acknowledges the sender, and a message leaves a queue only when the recipient
-//! acknowledges it. Everything stored here is either public (names, public keys, roles) or
-//! opaque ciphertext the servers cannot read (sealed envelopes, wrapped keys, key backups,
-//! image blobs).
+//! acknowledges it. Everything stored here is either public (names, public keys, roles, MLS
+//! credentials, key packages and groups' public state) or opaque ciphertext the servers cannot
+//! read (sealed envelopes, wrapped keys, key backups, image blobs, devices' MLS state).
 //!
 //! Every backend passes the same [`conformance`] suite.
 

@@ -301,8 +301,8 @@ macro_rules! mls {
             let epoch = check::mls_advance(change)?;
             let added = check::leaves("added leaves", &change.added)?;
             let removed = check::leaves("removed leaves", &change.removed)?;
-            // An expected epoch past i64::MAX matches no stored one: a conflict.
-            let from = i64::try_from(change.from_epoch).unwrap_or(-1);
+            // Below `epoch`, so it fits too.
+            let from = check::epoch(change.from_epoch)?;
             let id = change.id.0.as_slice();
             let mut tx = self.begin_write().await?;
 
