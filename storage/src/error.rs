@@ -8,14 +8,16 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// A row with this key already exists (a user name in any case, a session hash, a group
-    /// id or a creator's group name, a group member, a blob id).
+    /// id or a creator's group name, a group member, a blob id, a device or its signature key,
+    /// a key package reference, an MLS group id).
     #[error("{what} already exists")]
     AlreadyExists {
         /// What kind of thing exists already, e.g. `"user"`.
         what: &'static str,
     },
 
-    /// Something the operation needs does not exist (an unknown user, group, member or blob).
+    /// Something the operation needs does not exist (an unknown user, group, member, blob,
+    /// device or MLS group).
     #[error("{what} not found")]
     NotFound {
         /// What kind of thing is missing, e.g. `"group"`.
@@ -23,7 +25,8 @@ pub enum StorageError {
     },
 
     /// The operation does not fit the current state: a stale or skipped group epoch, an
-    /// out-of-order blob chunk, an append to a finished blob.
+    /// out-of-order blob chunk, an append to a finished blob, an MLS change that does not move
+    /// its group's epoch on or an epoch too large to store.
     #[error("conflict on {what}: {detail}")]
     Conflict {
         /// What the conflict is about, e.g. `"group epoch"`.
@@ -39,6 +42,17 @@ pub enum StorageError {
         what: &'static str,
         /// Its size.
         len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A count limit of [`crate::limits`] is reached (a user's devices, a device's key
+    /// packages); nothing was written. Unlike [`StorageError::TooLarge`], the same request may
+    /// succeed once something was removed.
+    #[error("too many {what}: the most is {max}")]
+    Full {
+        /// What is full, e.g. `"devices"`.
+        what: &'static str,
         /// The limit.
         max: usize,
     },

@@ -3,9 +3,9 @@
 //!
 //! Storage is the source of truth: a node persists a message to every recipient's queue
 //! before it acknowledges the sender, and a message leaves a queue only when the recipient
-//! acknowledges it. Everything stored here is either public (names, public keys, roles) or
-//! opaque ciphertext the servers cannot read (sealed envelopes, wrapped keys, key backups,
-//! image blobs).
+//! acknowledges it. Everything stored here is either public (names, public keys, roles, MLS
+//! credentials, key packages and groups' public state) or opaque ciphertext the servers cannot
+//! read (sealed envelopes, wrapped keys, key backups, image blobs, devices' MLS state).
 //!
 //! Every backend passes the same [`conformance`] suite.
 
@@ -46,6 +46,31 @@ pub mod limits {
     pub const MAX_PASSWORD_HASH: usize = 128;
     /// Most rows one `pending` call returns.
     pub const MAX_PENDING_BATCH: u32 = 10_000;
+
+    /// Most MLS devices one user may register.
+    pub const MAX_DEVICES_PER_USER: usize = 16;
+    /// Most key packages (last-resort one not counted) waiting for one device.
+    pub const MAX_KEY_PACKAGES_PER_DEVICE: usize = 100;
+    /// Largest device credential (an encoded MLS credential).
+    pub const MAX_CREDENTIAL: usize = 4096;
+    /// Largest device signature public key (Ed25519 keys are 32 bytes).
+    pub const MAX_SIGNATURE_KEY: usize = 64;
+    /// Largest encoded key package.
+    pub const MAX_KEY_PACKAGE: usize = 16 * 1024;
+    /// Longest key package reference (a hash: 32 bytes for Quip's suite).
+    pub const MAX_KEY_PACKAGE_REF: usize = 64;
+    /// Longest name of a device state entry.
+    pub const MAX_STATE_KEY: usize = 64;
+    /// Largest value of a device state entry.
+    pub const MAX_STATE_ENTRY: usize = 1024 * 1024;
+    /// Most value bytes one page of device state holds (a page always holds at least one
+    /// entry, and no entry is larger than this).
+    pub const MAX_STATE_PAGE_BYTES: usize = 4 * 1024 * 1024;
+    /// Largest MLS group public state, and largest GroupInfo.
+    pub const MAX_GROUP_STATE: usize = 8 * 1024 * 1024;
+    /// Most leaves (member devices) an MLS group has, and most devices or key package
+    /// references one group change names in each of its lists.
+    pub const MAX_GROUP_LEAVES: usize = 4096;
 }
 
 /// A new account.
@@ -350,6 +375,155 @@ pub struct BlobInfo {
     pub finished: bool,
 }
 
+/// One installation of the client, per user: an MLS leaf of its own. Any `u64` is a valid id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(pub u64);
+
+/// A new device.
+#[derive(Clone, Debug)]
+pub struct NewDevice {
+    /// Whose device it is.
+    pub user: UserName,
+    /// Its id, unique per user.
+    pub device: DeviceId,
+    /// Its MLS credential (opaque here; the node verifies it before calling).
+    pub credential: Vec<u8>,
+    /// Its MLS signature public key; unique across every device of every user.
+    pub signature_key: Vec<u8>,
+    /// Registration time.
+    pub created_at: UnixMillis,
+}
+
+/// A stored device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Whose device it is.
+    pub user: UserName,
+    /// Its id.
+    pub device: DeviceId,
+    /// Its MLS credential.
+    pub credential: Vec<u8>,
+    /// Its MLS signature public key.
+    pub signature_key: Vec<u8>,
+    /// Registration time.
+    pub created_at: UnixMillis,
+}
+
+/// A key package a device uploads for others to add it to groups.
+#[derive(Clone, Debug)]
+pub struct NewKeyPackage {
+    /// Its reference (the MLS `KeyPackageRef`), unique forever: never stored twice, never
+    /// stored again once a group change used it.
+    pub kp_ref: Vec<u8>,
+    /// The encoded key package.
+    pub data: Vec<u8>,
+    /// Whether it is the device's last-resort package: handed out, without being deleted,
+    /// only when the device has no other left. At most one per device.
+    pub last_resort: bool,
+    /// Upload time.
+    pub created_at: UnixMillis,
+}
+
+/// A key package handed out by [`Storage::take_key_packages`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPackageRecord {
+    /// The device it adds.
+    pub device: DeviceId,
+    /// Its reference.
+    pub kp_ref: Vec<u8>,
+    /// The encoded key package.
+    pub data: Vec<u8>,
+    /// Whether it is the device's last-resort package (which stays stored).
+    pub last_resort: bool,
+}
+
+/// A new MLS group, as its creator's first commit leaves it.
+#[derive(Clone, Debug)]
+pub struct NewMlsGroup {
+    /// The group's id.
+    pub id: GroupId,
+    /// Its display name (from its policy extension).
+    pub name: GroupName,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its public state (opaque here).
+    pub state: Vec<u8>,
+    /// Its GroupInfo, for external joins (opaque here).
+    pub group_info: Vec<u8>,
+    /// The devices that are its leaves (one listed twice is stored once).
+    pub members: Vec<(UserName, DeviceId)>,
+    /// Creation time.
+    pub created_at: UnixMillis,
+}
+
+/// An MLS group as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlsGroupRecord {
+    /// The group's id.
+    pub id: GroupId,
+    /// Its display name.
+    pub name: GroupName,
+    /// Its current epoch.
+    pub epoch: u64,
+    /// Its public state.
+    pub state: Vec<u8>,
+    /// Its GroupInfo.
+    pub group_info: Vec<u8>,
+}
+
+/// An MLS group in a list: what [`Storage::mls_groups_of`] returns (no state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlsGroupSummary {
+    /// The group's id.
+    pub id: GroupId,
+    /// Its display name.
+    pub name: GroupName,
+    /// Its current epoch.
+    pub epoch: u64,
+}
+
+/// One accepted group change (a commit): the group's new state, applied by
+/// [`Storage::advance_mls_group`] only if the group is still at `from_epoch`.
+#[derive(Clone, Debug)]
+pub struct MlsAdvance {
+    /// The group.
+    pub id: GroupId,
+    /// The epoch the change was made in: the compare-and-set's expected value.
+    pub from_epoch: u64,
+    /// The epoch after the change; greater than `from_epoch`.
+    pub epoch: u64,
+    /// The display name after the change.
+    pub name: GroupName,
+    /// The public state after the change.
+    pub state: Vec<u8>,
+    /// The GroupInfo after the change.
+    pub group_info: Vec<u8>,
+    /// Devices that became leaves (one that already is changes nothing).
+    pub added: Vec<(UserName, DeviceId)>,
+    /// Devices that stopped being leaves (one that is not changes nothing: `remove_device`
+    /// may have removed it first).
+    pub removed: Vec<(UserName, DeviceId)>,
+    /// References of the key packages the change used (to add `added`).
+    pub used_key_packages: Vec<Vec<u8>>,
+    /// When it was accepted.
+    pub at: UnixMillis,
+}
+
+/// What [`Storage::advance_mls_group`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Advanced {
+    /// The group moved to the new epoch.
+    Applied,
+    /// The group is no longer at `from_epoch` (another change won); nothing changed.
+    Conflict {
+        /// The epoch the group is at.
+        current_epoch: u64,
+    },
+    /// The change uses a key package that a change used before (this reference); nothing
+    /// changed.
+    KeyPackageReused(Vec<u8>),
+}
+
 /// Quip's durable state. Every method is one atomic operation; contracts are in the docs and
 /// checked by [`conformance::run_all`].
 pub trait Storage: Send + Sync + 'static {
@@ -590,4 +764,130 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         before: UnixMillis,
     ) -> impl Future<Output = Result<u64>> + Send;
+
+    // ---- MLS devices, key packages and group state ----
+
+    /// Registers a device. Unknown user → [`StorageError::NotFound`]; a device id the user
+    /// already has, or a signature key any device has → [`StorageError::AlreadyExists`]; a user
+    /// with [`limits::MAX_DEVICES_PER_USER`] devices already → [`StorageError::Full`] (checked
+    /// under a lock on the user, so concurrent registrations from any node never overshoot);
+    /// oversized fields → [`StorageError::TooLarge`].
+    fn add_device(&self, device: &NewDevice) -> impl Future<Output = Result<()>> + Send;
+
+    /// The user's devices, by id (empty for an unknown user). Bounded by
+    /// [`limits::MAX_DEVICES_PER_USER`], so not paged.
+    fn devices(&self, user: &UserName) -> impl Future<Output = Result<Vec<DeviceRecord>>> + Send;
+
+    /// Removes a device with its key packages, its state entries and its group memberships,
+    /// in one transaction. (The references its used key packages left stay used.) Returns
+    /// whether it existed.
+    fn remove_device(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Stores key packages for a device, all or none. Unknown device →
+    /// [`StorageError::NotFound`]; a reference already stored, listed twice, or used by a
+    /// group change before → [`StorageError::AlreadyExists`]; more than
+    /// [`limits::MAX_KEY_PACKAGES_PER_DEVICE`] waiting afterwards (last-resort one not
+    /// counted; checked under a lock on the user) → [`StorageError::Full`]; more than one
+    /// last-resort package or oversized fields → [`StorageError::TooLarge`]. A last-resort
+    /// package replaces the device's previous one.
+    fn put_key_packages(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        packages: &[NewKeyPackage],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Hands out one key package per device of `user`, by device id: the device's oldest
+    /// package, deleted as it is taken, or, when it has none left, its last-resort package
+    /// (which stays). Devices with neither are left out; an unknown user has none. Atomic:
+    /// concurrent takers, from any node, never get the same (non-last-resort) package.
+    fn take_key_packages(
+        &self,
+        user: &UserName,
+    ) -> impl Future<Output = Result<Vec<KeyPackageRecord>>> + Send;
+
+    /// How many key packages wait for the device, its last-resort one not counted. Unknown
+    /// device → [`StorageError::NotFound`].
+    fn key_package_count(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Creates an MLS group with its first state and leaves. An existing id →
+    /// [`StorageError::AlreadyExists`]; a member that is not a registered device →
+    /// [`StorageError::NotFound`]; oversized state or GroupInfo, or more than
+    /// [`limits::MAX_GROUP_LEAVES`] members → [`StorageError::TooLarge`]; an epoch past
+    /// `i64::MAX` → [`StorageError::Conflict`].
+    fn create_mls_group(&self, group: &NewMlsGroup) -> impl Future<Output = Result<()>> + Send;
+
+    /// The MLS group, if it exists.
+    fn mls_group(
+        &self,
+        id: &GroupId,
+    ) -> impl Future<Output = Result<Option<MlsGroupRecord>>> + Send;
+
+    /// Applies one group change in one transaction, only if the group is still at
+    /// `change.from_epoch` (compare-and-set: of concurrent changes from one epoch, from any
+    /// node, exactly one applies and the others get [`Advanced::Conflict`]). Records every
+    /// key package reference it used — except the references of last-resort packages still
+    /// stored, which may serve again — and deletes those packages if still stored; a
+    /// reference used before (or listed twice) is [`Advanced::KeyPackageReused`]. Either
+    /// refusal changes nothing. Unknown group → [`StorageError::NotFound`]; an added device
+    /// that is not registered → [`StorageError::NotFound`]; oversized state or lists, or more
+    /// than [`limits::MAX_GROUP_LEAVES`] leaves afterwards → [`StorageError::TooLarge`]; an
+    /// epoch not after `from_epoch` (a same-epoch write would overwrite a concurrent one
+    /// unnoticed), or past `i64::MAX` → [`StorageError::Conflict`]; nothing changes on any
+    /// error.
+    fn advance_mls_group(
+        &self,
+        change: &MlsAdvance,
+    ) -> impl Future<Output = Result<Advanced>> + Send;
+
+    /// One page of the MLS groups any of `user`'s devices is a leaf of, each once: up to
+    /// `limit` with ids after `after` (from the first when `None`), by id (byte order).
+    /// Walking the pages lists every group once.
+    fn mls_groups_of(
+        &self,
+        user: &UserName,
+        after: Option<&GroupId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page<MlsGroupSummary>>> + Send;
+
+    /// The devices that are leaves of the group, sorted by user then device id. Unknown group
+    /// → [`StorageError::NotFound`].
+    fn mls_members(
+        &self,
+        id: &GroupId,
+    ) -> impl Future<Output = Result<Vec<(UserName, DeviceId)>>> + Send;
+
+    /// Writes backed-up state entries of a device atomically: each `(entry, Some(value))`
+    /// stores or replaces the entry, each `(entry, None)` deletes it (an entry not stored is
+    /// fine); an entry listed twice ends as its last listing says. Unknown device →
+    /// [`StorageError::NotFound`]; an entry name over [`limits::MAX_STATE_KEY`] or a value
+    /// over [`limits::MAX_STATE_ENTRY`] → [`StorageError::TooLarge`].
+    fn put_device_state(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        entries: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// One page of a device's state entries, `(entry, value)` by entry (byte order): those
+    /// after `after` (from the first when `None`), at most `limit` of them and, past the
+    /// first, no more than fit in [`limits::MAX_STATE_PAGE_BYTES`] of values together (so a
+    /// page is at most 4 MiB of values whatever `limit` says; `more` tells when the budget
+    /// cut it short). Walking the pages lists every entry once. Unknown device →
+    /// [`StorageError::NotFound`].
+    fn device_state(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page<(Vec<u8>, Vec<u8>)>>> + Send;
 }

@@ -159,6 +159,30 @@ impl Dialect for PostgresStorage {
             .await?;
         Ok(())
     }
+
+    /// Locks the user's row `FOR NO KEY UPDATE`: it conflicts with itself, but not with the
+    /// `FOR KEY SHARE` locks that inserts referencing the user take (queue rows, sessions), so
+    /// messages to the user never wait for it.
+    async fn lock_user(conn: &mut PgConnection, user: &str) -> Result<bool> {
+        let found = sqlx::query("SELECT 1 FROM users WHERE name = $1 FOR NO KEY UPDATE")
+            .bind(user)
+            .fetch_optional(conn)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Locks the device's row `FOR UPDATE`, which conflicts with the `FOR KEY SHARE` lock the
+    /// foreign-key check of an insert referencing it takes: such an insert waits, then finds
+    /// the device gone. (Read committed: the deletes that follow see what committed before.)
+    async fn lock_device(conn: &mut PgConnection, user: &str, device: i64) -> Result<bool> {
+        let found =
+            sqlx::query("SELECT 1 FROM devices WHERE user_name = $1 AND device = $2 FOR UPDATE")
+                .bind(user)
+                .bind(device)
+                .fetch_optional(conn)
+                .await?;
+        Ok(found.is_some())
+    }
 }
 
 crate::sql::impl_storage!(PostgresStorage);

@@ -135,6 +135,25 @@ impl Dialect for SqliteStorage {
     async fn lock_messages(_: &mut SqliteConnection, _: &[&[u8]]) -> Result<()> {
         Ok(())
     }
+
+    /// Only looks: writers are serialised.
+    async fn lock_user(conn: &mut SqliteConnection, user: &str) -> Result<bool> {
+        let found = sqlx::query("SELECT 1 FROM users WHERE name = $1")
+            .bind(user)
+            .fetch_optional(conn)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Only looks: writers are serialised.
+    async fn lock_device(conn: &mut SqliteConnection, user: &str, device: i64) -> Result<bool> {
+        let found = sqlx::query("SELECT 1 FROM devices WHERE user_name = $1 AND device = $2")
+            .bind(user)
+            .bind(device)
+            .fetch_optional(conn)
+            .await?;
+        Ok(found.is_some())
+    }
 }
 
 crate::sql::impl_storage!(SqliteStorage);

@@ -3,9 +3,11 @@
 use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
 
 use crate::{
-    Ack, BlobInfo, Committed, Enqueued, ExpiryNotice, GroupChange, GroupRecord, LoginThrottle,
-    Member, NewGroup, NewMessage, NewUser, Page, PostgresStorage, QueueQuota, QueuedMessage,
-    Refused, Result, SessionRecord, SqliteStorage, Storage, StorageError, UnixMillis, UserRecord,
+    Ack, Advanced, BlobInfo, Committed, DeviceId, DeviceRecord, Enqueued, ExpiryNotice,
+    GroupChange, GroupRecord, KeyPackageRecord, LoginThrottle, Member, MlsAdvance, MlsGroupRecord,
+    MlsGroupSummary, NewDevice, NewGroup, NewKeyPackage, NewMessage, NewMlsGroup, NewUser, Page,
+    PostgresStorage, QueueQuota, QueuedMessage, Refused, Result, SessionRecord, SqliteStorage,
+    Storage, StorageError, UnixMillis, UserRecord,
 };
 
 /// Either backend, picked by [`Store::connect`] from the URL's scheme.
@@ -219,6 +221,79 @@ impl Storage for Store {
 
     async fn purge_unfinished_blobs(&self, before: UnixMillis) -> Result<u64> {
         dispatch!(self.purge_unfinished_blobs(before))
+    }
+
+    async fn add_device(&self, device: &NewDevice) -> Result<()> {
+        dispatch!(self.add_device(device))
+    }
+
+    async fn devices(&self, user: &UserName) -> Result<Vec<DeviceRecord>> {
+        dispatch!(self.devices(user))
+    }
+
+    async fn remove_device(&self, user: &UserName, device: DeviceId) -> Result<bool> {
+        dispatch!(self.remove_device(user, device))
+    }
+
+    async fn put_key_packages(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        packages: &[NewKeyPackage],
+    ) -> Result<()> {
+        dispatch!(self.put_key_packages(user, device, packages))
+    }
+
+    async fn take_key_packages(&self, user: &UserName) -> Result<Vec<KeyPackageRecord>> {
+        dispatch!(self.take_key_packages(user))
+    }
+
+    async fn key_package_count(&self, user: &UserName, device: DeviceId) -> Result<u64> {
+        dispatch!(self.key_package_count(user, device))
+    }
+
+    async fn create_mls_group(&self, group: &NewMlsGroup) -> Result<()> {
+        dispatch!(self.create_mls_group(group))
+    }
+
+    async fn mls_group(&self, id: &GroupId) -> Result<Option<MlsGroupRecord>> {
+        dispatch!(self.mls_group(id))
+    }
+
+    async fn advance_mls_group(&self, change: &MlsAdvance) -> Result<Advanced> {
+        dispatch!(self.advance_mls_group(change))
+    }
+
+    async fn mls_groups_of(
+        &self,
+        user: &UserName,
+        after: Option<&GroupId>,
+        limit: usize,
+    ) -> Result<Page<MlsGroupSummary>> {
+        dispatch!(self.mls_groups_of(user, after, limit))
+    }
+
+    async fn mls_members(&self, id: &GroupId) -> Result<Vec<(UserName, DeviceId)>> {
+        dispatch!(self.mls_members(id))
+    }
+
+    async fn put_device_state(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        entries: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<()> {
+        dispatch!(self.put_device_state(user, device, entries))
+    }
+
+    async fn device_state(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Page<(Vec<u8>, Vec<u8>)>> {
+        dispatch!(self.device_state(user, device, after, limit))
     }
 }
 

@@ -20,10 +20,12 @@ use crate::{NewMessage, NewUser, Storage, UnixMillis};
 mod accounts;
 mod blobs;
 mod groups;
+mod mls;
 mod queue;
 mod throttle;
 
 pub use groups::concurrent_groups;
+pub use mls::concurrent_mls;
 pub use queue::concurrent_queues;
 pub use throttle::concurrent_login_throttle;
 
@@ -51,6 +53,11 @@ pub async fn run_all(store: &impl Storage) {
     concurrent_groups(store, store).await;
     throttle::login_throttle(store, &fx).await;
     concurrent_login_throttle(store, store).await;
+    mls::devices(store, &fx).await;
+    mls::key_packages(store, &fx).await;
+    mls::groups(store, &fx).await;
+    mls::device_state(store, &fx).await;
+    concurrent_mls(store, store).await;
 }
 
 /// Checks the counts that `purge_sessions` and `purge_unfinished_blobs` return. Unlike

@@ -5,7 +5,8 @@
 //! so that the same Rust types (`i64`, `String`, `Vec<u8>`, `bool`) decode from both. What
 //! differs is the pool type, so the method bodies cannot be plain generic functions without a
 //! wall of higher-ranked `Executor`/`Encode` bounds. Instead [`impl_storage!`] expands the
-//! bodies — kept in one macro per entity ([`accounts`], [`groups`], [`queue`], [`blobs`]) —
+//! bodies — kept in one macro per entity ([`accounts`], [`groups`], [`queue`], [`blobs`],
+//! [`mls`]) —
 //! into `impl Storage for …` of each concrete backend:
 //!
 //! ```text
@@ -29,13 +30,16 @@ use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
 use sqlx::{Database, Encode, QueryBuilder, Transaction, Type};
 
 use crate::{
-    BlobInfo, GroupRecord, Member, NewGroup, NewMessage, NewUser, QueueQuota, QueuedMessage,
-    QuotaLimit, Refused, Result, Role, StorageError, UserRecord, limits,
+    BlobInfo, DeviceId, DeviceRecord, GroupRecord, KeyPackageRecord, Member, MlsAdvance,
+    MlsGroupRecord, MlsGroupSummary, NewDevice, NewGroup, NewKeyPackage, NewMessage, NewMlsGroup,
+    NewUser, QueueQuota, QueuedMessage, QuotaLimit, Refused, Result, Role, StorageError,
+    UserRecord, limits,
 };
 
 pub(crate) mod accounts;
 pub(crate) mod blobs;
 pub(crate) mod groups;
+pub(crate) mod mls;
 pub(crate) mod queue;
 pub(crate) mod throttle;
 
@@ -63,6 +67,25 @@ pub(crate) trait Dialect {
         conn: &mut <Self::Db as Database>::Connection,
         ids: &[&[u8]],
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Called inside a write transaction before counting or taking a user's devices or key
+    /// packages: serialises such writes per user, so a count checked against a limit is still
+    /// true at commit and two takers never take the same key package. Returns whether the user
+    /// exists.
+    fn lock_user(
+        conn: &mut <Self::Db as Database>::Connection,
+        user: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Called inside a write transaction before a device's rows are deleted: until the
+    /// transaction ends, no concurrent one can add a row that references the device (a key
+    /// package, a state entry, a group leaf), so none is left behind pointing nowhere.
+    /// `device` is the stored form ([`device_sql`]). Returns whether the device exists.
+    fn lock_device(
+        conn: &mut <Self::Db as Database>::Connection,
+        user: &str,
+        device: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Implements [`crate::Storage`] for a backend type that has `read` and `write` pools and
@@ -78,6 +101,7 @@ macro_rules! impl_storage {
                 $crate::sql::queue::queue!();
                 $crate::sql::blobs::blobs!();
                 $crate::sql::throttle::login_throttle!();
+                $crate::sql::mls::mls!();
             }
         };
     };
@@ -91,15 +115,17 @@ pub(crate) mod prelude {
 
     pub(crate) use std::collections::HashSet;
 
+    pub(crate) use super::mls::{LEAF_CHUNK, STATE_CHUNK, STATE_CHUNK_BYTES};
     pub(crate) use super::queue::{
         ACK_CHUNK, EXPIRE_CHUNK, MESSAGE_CHUNK, NAME_CHUNK, QUEUE_CHUNK, USAGE_QUERY,
     };
-    pub(crate) use super::{Dialect, Usage, check, decode, push_list, push_names};
+    pub(crate) use super::{Dialect, Usage, check, decode, device_sql, push_list, push_names};
     pub(crate) use crate::{
-        Ack, BlobInfo, Committed, Enqueued, ExpiryNotice, GroupChange, GroupRecord, LoginThrottle,
-        Member, MemberEffect, NewGroup, NewMessage, NewUser, Page, QueueQuota, QueuedMessage,
-        Refused, Result, Role, SessionRecord, Storage, StorageError, UnixMillis, UserRecord,
-        limits,
+        Ack, Advanced, BlobInfo, Committed, DeviceId, DeviceRecord, Enqueued, ExpiryNotice,
+        GroupChange, GroupRecord, KeyPackageRecord, LoginThrottle, Member, MemberEffect,
+        MlsAdvance, MlsGroupRecord, MlsGroupSummary, NewDevice, NewGroup, NewKeyPackage,
+        NewMessage, NewMlsGroup, NewUser, Page, QueueQuota, QueuedMessage, Refused, Result, Role,
+        SessionRecord, Storage, StorageError, UnixMillis, UserRecord, limits,
     };
 }
 
@@ -113,6 +139,12 @@ where
     for value in values {
         list.push_bind(*value);
     }
+}
+
+/// A device id as stored: the `i64` with the same bits, so every `u64` fits
+/// ([`decode::device`] undoes it).
+pub(crate) fn device_sql(device: DeviceId) -> i64 {
+    i64::from_be_bytes(device.0.to_be_bytes())
 }
 
 /// Appends `names` as a comma-separated list of bound parameters.
@@ -274,6 +306,99 @@ pub(crate) mod check {
         Ok(recipients)
     }
 
+    /// A new device's fields.
+    pub(crate) fn new_device(device: &NewDevice) -> Result<()> {
+        len(
+            "device credential",
+            device.credential.len(),
+            limits::MAX_CREDENTIAL,
+        )?;
+        len(
+            "device signature key",
+            device.signature_key.len(),
+            limits::MAX_SIGNATURE_KEY,
+        )
+    }
+
+    /// Key packages to store; returns how many are not last-resort.
+    pub(crate) fn key_packages(packages: &[NewKeyPackage]) -> Result<usize> {
+        for package in packages {
+            len(
+                "key package reference",
+                package.kp_ref.len(),
+                limits::MAX_KEY_PACKAGE_REF,
+            )?;
+            len("key package", package.data.len(), limits::MAX_KEY_PACKAGE)?;
+        }
+        let last_resort = packages.iter().filter(|p| p.last_resort).count();
+        len("last-resort key packages", last_resort, 1)?;
+        Ok(packages.len() - last_resort)
+    }
+
+    /// An MLS group's state and GroupInfo.
+    pub(crate) fn mls_state(state: &[u8], group_info: &[u8]) -> Result<()> {
+        len("mls group state", state.len(), limits::MAX_GROUP_STATE)?;
+        len("mls group info", group_info.len(), limits::MAX_GROUP_STATE)
+    }
+
+    /// A list of leaves (at most [`limits::MAX_GROUP_LEAVES`]); returns them in stored form,
+    /// each once, in the order given.
+    pub(crate) fn leaves<'a>(
+        what: &'static str,
+        leaves: &'a [(UserName, DeviceId)],
+    ) -> Result<Vec<(&'a str, i64)>> {
+        len(what, leaves.len(), limits::MAX_GROUP_LEAVES)?;
+        let mut seen = HashSet::with_capacity(leaves.len());
+        Ok(leaves
+            .iter()
+            .map(|(user, device)| (user.as_str(), device_sql(*device)))
+            .filter(|leaf| seen.insert(*leaf))
+            .collect())
+    }
+
+    /// A new MLS group; returns its leaves in stored form, each once.
+    pub(crate) fn new_mls_group(group: &NewMlsGroup) -> Result<Vec<(&str, i64)>> {
+        mls_state(&group.state, &group.group_info)?;
+        leaves("mls group leaves", &group.members)
+    }
+
+    /// An MLS group change's sizes and epochs; returns the new epoch as stored.
+    pub(crate) fn mls_advance(change: &MlsAdvance) -> Result<i64> {
+        mls_state(&change.state, &change.group_info)?;
+        len(
+            "used key packages",
+            change.used_key_packages.len(),
+            limits::MAX_GROUP_LEAVES,
+        )?;
+        for kp_ref in &change.used_key_packages {
+            len(
+                "key package reference",
+                kp_ref.len(),
+                limits::MAX_KEY_PACKAGE_REF,
+            )?;
+        }
+        if change.epoch <= change.from_epoch {
+            return Err(StorageError::conflict(
+                "mls group epoch",
+                format!(
+                    "a change from epoch {} must move it on, not to epoch {}",
+                    change.from_epoch, change.epoch
+                ),
+            ));
+        }
+        epoch(change.epoch)
+    }
+
+    /// A state entry to write.
+    pub(crate) fn state_entry(entry: &[u8], value: Option<&[u8]>) -> Result<()> {
+        len("state entry name", entry.len(), limits::MAX_STATE_KEY)?;
+        len(
+            "state entry",
+            value.map_or(0, <[u8]>::len),
+            limits::MAX_STATE_ENTRY,
+        )
+    }
+
     /// A group epoch as stored (`BIGINT`); one that does not fit cannot be the next epoch.
     pub(crate) fn epoch(epoch: u64) -> Result<i64> {
         i64::try_from(epoch).map_err(|_| {
@@ -321,6 +446,68 @@ pub(crate) mod decode {
     /// A stored blob id.
     pub(crate) fn blob_id(raw: &[u8]) -> Result<BlobId> {
         BlobId::from_slice(raw).map_err(|e| StorageError::corrupt("blob id", e))
+    }
+
+    /// `devices` columns: user_name, device, credential, signature_key, created_at.
+    pub(crate) type DeviceRow = (String, i64, Vec<u8>, Vec<u8>, i64);
+    /// `key_packages` columns: device, kp_ref, data, last_resort.
+    pub(crate) type KeyPackageRow = (i64, Vec<u8>, Vec<u8>, bool);
+    /// `mls_groups` columns: id, name, epoch, state, group_info.
+    pub(crate) type MlsGroupRow = (Vec<u8>, String, i64, Vec<u8>, Vec<u8>);
+
+    /// A stored device id (see [`device_sql`]).
+    pub(crate) fn device(raw: i64) -> DeviceId {
+        DeviceId(u64::from_be_bytes(raw.to_be_bytes()))
+    }
+
+    /// A stored group name.
+    pub(crate) fn group_name(raw: &str) -> Result<GroupName> {
+        GroupName::new(raw).map_err(|e| StorageError::corrupt("group name", e))
+    }
+
+    /// A device row.
+    pub(crate) fn device_record(row: DeviceRow) -> Result<DeviceRecord> {
+        let (user, id, credential, signature_key, created_at) = row;
+        Ok(DeviceRecord {
+            user: user_name(&user)?,
+            device: device(id),
+            credential,
+            signature_key,
+            created_at,
+        })
+    }
+
+    /// A key package row.
+    pub(crate) fn key_package(row: KeyPackageRow) -> KeyPackageRecord {
+        let (id, kp_ref, data, last_resort) = row;
+        KeyPackageRecord {
+            device: device(id),
+            kp_ref,
+            data,
+            last_resort,
+        }
+    }
+
+    /// An MLS group row.
+    pub(crate) fn mls_group(row: MlsGroupRow) -> Result<MlsGroupRecord> {
+        let (id, name, epoch, state, group_info) = row;
+        Ok(MlsGroupRecord {
+            id: group_id(&id)?,
+            name: group_name(&name)?,
+            epoch: unsigned("mls group epoch", epoch)?,
+            state,
+            group_info,
+        })
+    }
+
+    /// An MLS group row without its state: id, name, epoch.
+    pub(crate) fn mls_summary(row: (Vec<u8>, String, i64)) -> Result<MlsGroupSummary> {
+        let (id, name, epoch) = row;
+        Ok(MlsGroupSummary {
+            id: group_id(&id)?,
+            name: group_name(&name)?,
+            epoch: unsigned("mls group epoch", epoch)?,
+        })
     }
 
     /// A stored non-negative integer.
