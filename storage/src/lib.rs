@@ -13,6 +13,9 @@ use std::future::Future;
 
 use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
 
+/// A device of a user (one MLS leaf of its own); the wire's id, re-exported.
+pub use quip_proto::ids::DeviceId;
+
 pub mod conformance;
 mod error;
 mod postgres;
@@ -374,10 +377,6 @@ pub struct BlobInfo {
     /// Whether the upload completed; an unfinished blob is never delivered.
     pub finished: bool,
 }
-
-/// One installation of the client, per user: an MLS leaf of its own. Any `u64` is a valid id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(pub u64);
 
 /// A new device.
 #[derive(Clone, Debug)]
