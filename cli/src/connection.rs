@@ -465,18 +465,7 @@ pub async fn discover(
 
 async fn route(msg: NodeToClient, pending: &Pending, events: &mpsc::Sender<Event>) {
     use NodeToClient::*;
-    let req = match &msg {
-        LoggedIn { req, .. }
-        | Done { req }
-        | Users { req, .. }
-        | Keys { req, .. }
-        | Stored { req, .. }
-        | Groups { req, .. }
-        | Group { req, .. }
-        | Pong { req } => Some(*req),
-        Error { req, .. } => *req,
-        Deliver(_) | Presence(_) | GroupChanged { .. } | Reconnect { .. } | Expired { .. } => None,
-    };
+    let req = msg.req();
     if let Some(req) = req {
         let waiter = pending
             .lock()

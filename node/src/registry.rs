@@ -141,6 +141,8 @@ pub(crate) struct SessionRef {
     /// Set when a live push found the outbox full: the session re-reads its queue.
     pub(crate) lagged: Arc<AtomicBool>,
     pub(crate) wake: Arc<Notify>,
+    /// The device the session speaks for, once it has said.
+    pub(crate) device: Arc<std::sync::OnceLock<quip_proto::ids::DeviceId>>,
 }
 
 impl SessionRef {

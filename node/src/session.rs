@@ -94,6 +94,8 @@ pub(crate) struct Session<S: Storage> {
     pub(crate) outbox: Outbox,
     pub(crate) lagged: Arc<AtomicBool>,
     pub(crate) wake: Arc<Notify>,
+    /// The device this session speaks for (`EnrollDevice`/`UseDevice`), set once.
+    pub(crate) device: Arc<std::sync::OnceLock<quip_proto::ids::DeviceId>>,
     /// The drain re-reading this session's queue, if one runs (never two at once: each holds
     /// a page of messages).
     pub(crate) drain: Option<tokio::task::JoinHandle<()>>,
@@ -127,6 +129,7 @@ impl<S: Storage> Session<S> {
             outbox: self.outbox.clone(),
             lagged: self.lagged.clone(),
             wake: self.wake.clone(),
+            device: self.device.clone(),
         }
     }
 
@@ -147,31 +150,10 @@ impl<S: Storage> Session<S> {
     }
 
     async fn handle(&mut self, msg: ClientToNode) {
-        let req = request_id(&msg);
+        let req = msg.req();
         if let Err(refusal) = crate::handler::dispatch(self, msg).await {
             self.refuse(req, refusal).await;
         }
-    }
-}
-
-fn request_id(msg: &ClientToNode) -> Option<ReqId> {
-    use ClientToNode::*;
-    match msg {
-        Signup { req, .. }
-        | Login { req, .. }
-        | Resume { req, .. }
-        | Logout { req }
-        | ListUsers { req, .. }
-        | FetchKeys { req, .. }
-        | ReplaceKeys { req, .. }
-        | Send { req, .. }
-        | CreateGroup { req, .. }
-        | ChangeGroup { req, .. }
-        | ListGroups { req, .. }
-        | GroupInfo { req, .. }
-        | FetchBlob { req, .. }
-        | Ping { req } => Some(*req),
-        Ack { .. } => None,
     }
 }
 
@@ -227,6 +209,7 @@ pub(crate) async fn serve<S: Storage>(
             outbox,
             lagged: Arc::default(),
             wake: Arc::default(),
+            device: Arc::default(),
             drain: None,
         };
         let wake = session.wake.clone();
@@ -242,7 +225,7 @@ pub(crate) async fn serve<S: Storage>(
                         tracing::trace!(kind = msg.kind(), "request");
                         if let Err(wait) = budget.spend() {
                             tracing::debug!(?wait, "request budget spent");
-                            if let Some(req) = request_id(&msg) {
+                            if let Some(req) = msg.req() {
                                 let refusal = Refusal::new(
                                     ErrorCode::RateLimited,
                                     "too many requests on this connection",

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::{Delivery, Envelope};
 use crate::error_code::ErrorCode;
 use crate::group::{GroupCursor, GroupSummary, MemberRole, SignedChange};
-use crate::ids::{GroupId, MsgId, NodeName, SessionToken, UserName};
+use crate::ids::{BlobId, DeviceId, GroupId, MsgId, NodeName, SessionToken, UserName};
+use crate::mls::{ClaimedKeyPackage, DeviceInfo, KeyPackageUpload, LogEntry, MlsGroupSummary};
 
 /// Request id chosen by the client, echoed by the node.
 pub type ReqId = u32;
@@ -182,6 +183,137 @@ pub enum ClientToNode {
         /// Request id.
         req: ReqId,
     },
+    /// Enrolls a new device of the caller and makes it this session's device. The node checks
+    /// the credential against the caller's account key.
+    EnrollDevice {
+        /// Request id.
+        req: ReqId,
+        /// The new device's id (random, unique per user).
+        device: DeviceId,
+        /// Its credential (`quip-mls` `DeviceCredential`, encoded).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(64)"))]
+        credential: Vec<u8>,
+        /// Its MLS signature public key (Ed25519).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        signature_key: Vec<u8>,
+    },
+    /// Makes an enrolled device this session's device (one session per device at a time).
+    UseDevice {
+        /// Request id.
+        req: ReqId,
+        /// The device.
+        device: DeviceId,
+    },
+    /// Lists the caller's devices.
+    ListDevices {
+        /// Request id.
+        req: ReqId,
+    },
+    /// Removes one of the caller's devices (its key packages and backed-up state go too).
+    RemoveDevice {
+        /// Request id.
+        req: ReqId,
+        /// The device.
+        device: DeviceId,
+    },
+    /// Stores key packages of this session's device.
+    PublishKeyPackages {
+        /// Request id.
+        req: ReqId,
+        /// At most [`crate::limits::MAX_KEY_PACKAGE_UPLOAD`].
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        packages: Vec<KeyPackageUpload>,
+    },
+    /// Takes one key package per device of `user` (each handed out once, but a last-resort
+    /// one), to add them to a group.
+    ClaimKeyPackages {
+        /// Request id.
+        req: ReqId,
+        /// Whose.
+        user: UserName,
+    },
+    /// Creates an MLS group with this session's device alone in it.
+    CreateMlsGroup {
+        /// Request id.
+        req: ReqId,
+        /// The group's id (the MLS group id).
+        group: GroupId,
+        /// Signed group info at epoch 0 (`MlsMessage`).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(64)"))]
+        group_info: Vec<u8>,
+        /// The ratchet tree (one leaf).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(64)"))]
+        ratchet_tree: Vec<u8>,
+    },
+    /// Submits a proposal or commit; a commit carries the group info of the epoch it leads
+    /// to and, if it adds devices, their Welcome. Answered by `Appended`, or `StaleEpoch` when
+    /// another commit won the epoch (catch up, then retry).
+    Handshake {
+        /// Request id.
+        req: ReqId,
+        /// The group.
+        group: GroupId,
+        /// The sender's id for it.
+        id: MsgId,
+        /// The proposal or commit (`MlsMessage`, a public message).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(64)"))]
+        message: Vec<u8>,
+        /// For a commit: the new epoch's signed group info.
+        #[cfg_attr(
+            test,
+            proptest(strategy = "proptest::option::of(crate::testing::bytes(32))")
+        )]
+        group_info: Option<Vec<u8>>,
+        /// For a commit that adds devices: their Welcome (with the ratchet tree).
+        #[cfg_attr(
+            test,
+            proptest(strategy = "proptest::option::of(crate::testing::bytes(32))")
+        )]
+        welcome: Option<Vec<u8>>,
+    },
+    /// Posts an application message to a group's log; answered by `Appended`.
+    Post {
+        /// Request id.
+        req: ReqId,
+        /// The group.
+        group: GroupId,
+        /// The sender's id for it (a retry with the same id is stored once).
+        id: MsgId,
+        /// The MLS application message.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(64)"))]
+        message: Vec<u8>,
+        /// An image uploaded before on its own stream, that this message's key opens.
+        blob: Option<BlobId>,
+    },
+    /// Asks for what a device joining a group by itself needs: the group info and one page
+    /// of the ratchet tree.
+    GroupState {
+        /// Request id.
+        req: ReqId,
+        /// The group.
+        group: GroupId,
+        /// Byte offset into the serialized tree.
+        offset: u64,
+    },
+    /// Lists one page of the groups this session's device is in, by id.
+    ListMlsGroups {
+        /// Request id.
+        req: ReqId,
+        /// Start after this group.
+        after: Option<GroupId>,
+        /// Most wanted; the node caps it at [`crate::limits::MAX_LIST_PAGE`].
+        limit: u32,
+    },
+    /// Acknowledges log entries (every entry of each group up to the seq given) and
+    /// Welcomes: they are not delivered to this device again.
+    AckLog {
+        /// (group, highest seq handled).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        entries: Vec<(GroupId, u64)>,
+        /// Welcome ids handled.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        welcomes: Vec<u64>,
+    },
 }
 
 /// Node → client, on the control stream.
@@ -312,9 +444,122 @@ pub enum NodeToClient {
         /// When it was removed, milliseconds since the Unix epoch.
         expired_at_ms: u64,
     },
+    /// Answer to `ListDevices`.
+    Devices {
+        /// Request id.
+        req: ReqId,
+        /// The caller's devices, by id (at most [`crate::limits::MAX_DEVICES`]).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        devices: Vec<DeviceInfo>,
+    },
+    /// Answer to `ClaimKeyPackages`: one per device that had one.
+    KeyPackages {
+        /// Request id.
+        req: ReqId,
+        /// Whose.
+        user: UserName,
+        /// The packages.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        packages: Vec<ClaimedKeyPackage>,
+    },
+    /// A handshake or post is stored in the group's log at `seq`.
+    Appended {
+        /// Request id.
+        req: ReqId,
+        /// The group.
+        group: GroupId,
+        /// Its position in the log.
+        seq: u64,
+        /// The group's epoch now.
+        epoch: u64,
+        /// False if it had been stored before (a retry); nothing was stored twice.
+        fresh: bool,
+    },
+    /// Answer to `GroupState`.
+    GroupState {
+        /// Request id.
+        req: ReqId,
+        /// The group.
+        group: GroupId,
+        /// Its epoch.
+        epoch: u64,
+        /// The epoch's signed group info (`MlsMessage`).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        group_info: Vec<u8>,
+        /// The serialized tree's length.
+        tree_len: u64,
+        /// Bytes of the tree from the offset asked for.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        tree: Vec<u8>,
+        /// The log's last seq: a device joining now starts after it.
+        last_seq: u64,
+    },
+    /// Answer to `ListMlsGroups`.
+    MlsGroups {
+        /// Request id.
+        req: ReqId,
+        /// One page, by id.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        groups: Vec<MlsGroupSummary>,
+        /// More follow: ask again after the last one.
+        more: bool,
+    },
+    /// Entries of a group's log for this device, in order, without gaps after what it
+    /// acknowledged or was sent before. Acknowledge with `AckLog`.
+    Log {
+        /// The group.
+        group: GroupId,
+        /// Consecutive entries.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        entries: Vec<LogEntry>,
+    },
+    /// This device was added to a group: the Welcome (with the ratchet tree). The group's log
+    /// follows from the commit that added it. Acknowledge with `AckLog`.
+    Welcome {
+        /// Its id, for `AckLog`.
+        id: u64,
+        /// The group.
+        group: GroupId,
+        /// The Welcome (`MlsMessage`).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(64)"))]
+        body: Vec<u8>,
+    },
 }
 
 impl ClientToNode {
+    /// The request id this message carries (`None` for `Ack` and `AckLog`, which get no
+    /// answer).
+    pub fn req(&self) -> Option<ReqId> {
+        match self {
+            Self::Signup { req, .. }
+            | Self::Login { req, .. }
+            | Self::Resume { req, .. }
+            | Self::Logout { req }
+            | Self::ListUsers { req, .. }
+            | Self::FetchKeys { req, .. }
+            | Self::ReplaceKeys { req, .. }
+            | Self::Send { req, .. }
+            | Self::CreateGroup { req, .. }
+            | Self::ChangeGroup { req, .. }
+            | Self::ListGroups { req, .. }
+            | Self::GroupInfo { req, .. }
+            | Self::FetchBlob { req, .. }
+            | Self::Ping { req }
+            | Self::EnrollDevice { req, .. }
+            | Self::UseDevice { req, .. }
+            | Self::ListDevices { req }
+            | Self::RemoveDevice { req, .. }
+            | Self::PublishKeyPackages { req, .. }
+            | Self::ClaimKeyPackages { req, .. }
+            | Self::CreateMlsGroup { req, .. }
+            | Self::Handshake { req, .. }
+            | Self::Post { req, .. }
+            | Self::GroupState { req, .. }
+            | Self::ListMlsGroups { req, .. } => Some(*req),
+            Self::Ack { .. } | Self::AckLog { .. } => None,
+        }
+    }
+
     /// This message's variant name (safe to log: no secrets).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -333,6 +578,18 @@ impl ClientToNode {
             Self::GroupInfo { .. } => "GroupInfo",
             Self::FetchBlob { .. } => "FetchBlob",
             Self::Ping { .. } => "Ping",
+            Self::EnrollDevice { .. } => "EnrollDevice",
+            Self::UseDevice { .. } => "UseDevice",
+            Self::ListDevices { .. } => "ListDevices",
+            Self::RemoveDevice { .. } => "RemoveDevice",
+            Self::PublishKeyPackages { .. } => "PublishKeyPackages",
+            Self::ClaimKeyPackages { .. } => "ClaimKeyPackages",
+            Self::CreateMlsGroup { .. } => "CreateMlsGroup",
+            Self::Handshake { .. } => "Handshake",
+            Self::Post { .. } => "Post",
+            Self::GroupState { .. } => "GroupState",
+            Self::ListMlsGroups { .. } => "ListMlsGroups",
+            Self::AckLog { .. } => "AckLog",
         }
     }
 }
@@ -348,13 +605,20 @@ impl NodeToClient {
             | Self::Stored { req, .. }
             | Self::Groups { req, .. }
             | Self::Group { req, .. }
-            | Self::Pong { req } => Some(*req),
+            | Self::Pong { req }
+            | Self::Devices { req, .. }
+            | Self::KeyPackages { req, .. }
+            | Self::Appended { req, .. }
+            | Self::GroupState { req, .. }
+            | Self::MlsGroups { req, .. } => Some(*req),
             Self::Error { req, .. } => *req,
             Self::Deliver(_)
             | Self::Presence(_)
             | Self::GroupChanged { .. }
             | Self::Reconnect { .. }
-            | Self::Expired { .. } => None,
+            | Self::Expired { .. }
+            | Self::Log { .. }
+            | Self::Welcome { .. } => None,
         }
     }
 
@@ -375,6 +639,13 @@ impl NodeToClient {
             Self::Error { .. } => "Error",
             Self::Reconnect { .. } => "Reconnect",
             Self::Expired { .. } => "Expired",
+            Self::Devices { .. } => "Devices",
+            Self::KeyPackages { .. } => "KeyPackages",
+            Self::Appended { .. } => "Appended",
+            Self::GroupState { .. } => "GroupState",
+            Self::MlsGroups { .. } => "MlsGroups",
+            Self::Log { .. } => "Log",
+            Self::Welcome { .. } => "Welcome",
         }
     }
 }

@@ -68,4 +68,13 @@ pub enum ErrorCode {
     RateLimited,
     /// A quota is full (the recipient's queue, or what one sender may queue for them).
     QuotaExceeded,
+    /// The delivery service refused an MLS message: bad signature, not for this group's
+    /// state, a device credential that does not verify, or against the group's policy.
+    InvalidMls,
+    /// No such device of the caller.
+    UnknownDevice,
+    /// Another session is using that device.
+    DeviceBusy,
+    /// The session has not said which device it is (`EnrollDevice` or `UseDevice`).
+    NoDevice,
 }

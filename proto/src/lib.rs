@@ -29,6 +29,7 @@ pub mod frame;
 pub mod group;
 pub mod ids;
 pub mod limits;
+pub mod mls;
 pub mod relay;
 pub mod stream;
 #[cfg(test)]

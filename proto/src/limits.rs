@@ -38,6 +38,22 @@ pub const MAX_LIST_PAGE: usize = 1000;
 /// bounded by [`MAX_GROUP_MEMBERS`], and the rest fit in the other half).
 pub const MAX_CHAIN_PAGE_BYTES: usize = MAX_FRAME / 2;
 
+/// Largest MLS message (application, proposal or commit) in a group's log.
+pub const MAX_MLS_MESSAGE: usize = MAX_SEALED;
+/// Largest Welcome (it carries the group's ratchet tree) or group info; both leave room for
+/// the rest of their frame.
+pub const MAX_WELCOME: usize = MAX_FRAME - 16 * 1024;
+/// Largest key package.
+pub const MAX_KEY_PACKAGE: usize = 16 * 1024;
+/// Most key packages one `PublishKeyPackages` carries.
+pub const MAX_KEY_PACKAGE_UPLOAD: usize = 32;
+/// Most devices a user has.
+pub const MAX_DEVICES: usize = 16;
+/// Most bytes of a ratchet tree in one `GroupState` answer (the rest in further pages).
+pub const MAX_TREE_PAGE: usize = MAX_FRAME / 2;
+/// Most entries of a group's log in one delivery.
+pub const MAX_LOG_BATCH: usize = 256;
+
 /// AES-GCM nonce and tag around a sealed plaintext.
 pub const SEAL_OVERHEAD: usize = 12 + 16;
 /// An upper bound of the encoded header: id, sender, a group conversation, kind, time, and

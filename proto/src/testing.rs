@@ -73,6 +73,14 @@ macro_rules! arbitrary_bytes_id {
 }
 arbitrary_bytes_id!(crate::ids::MsgId, crate::ids::GroupId, crate::ids::BlobId);
 
+impl Arbitrary for crate::ids::DeviceId {
+    type Parameters = ();
+    type Strategy = BoxedStrategy<Self>;
+    fn arbitrary_with(_: ()) -> Self::Strategy {
+        any::<u64>().prop_map(Self).boxed()
+    }
+}
+
 impl Arbitrary for crate::ids::SessionToken {
     type Parameters = ();
     type Strategy = BoxedStrategy<Self>;

@@ -13,7 +13,10 @@ use serde::de::DeserializeOwned;
 
 use crate::client::GroupMember;
 use crate::group::{GroupCursor, GroupSummary, MemberRole};
-use crate::ids::{BlobId, GroupId, GroupName, MsgId, NodeName, SessionToken, UserName};
+use crate::ids::{BlobId, DeviceId, GroupId, GroupName, MsgId, NodeName, SessionToken, UserName};
+use crate::mls::{
+    ClaimedKeyPackage, DeviceInfo, KeyPackageUpload, LogEntry, LogKind, MlsGroupSummary,
+};
 use crate::relay::{Load, NodeStatus, Relayed};
 use crate::*;
 
@@ -217,6 +220,68 @@ fn client_to_node() -> Vec<ClientToNode> {
             msg: MsgId([0x11; 16]),
         },
         Ping { req: 14 },
+        EnrollDevice {
+            req: 15,
+            device: DeviceId(0x0123_4567_89ab_cdef),
+            credential: vec![0xc0; 4],
+            signature_key: vec![0x5e; 4],
+        },
+        UseDevice {
+            req: 16,
+            device: DeviceId(7),
+        },
+        ListDevices { req: 17 },
+        RemoveDevice {
+            req: 18,
+            device: DeviceId(7),
+        },
+        PublishKeyPackages {
+            req: 19,
+            packages: vec![KeyPackageUpload {
+                reference: vec![0x4b; 4],
+                data: vec![0xd0; 4],
+                last_resort: false,
+            }],
+        },
+        ClaimKeyPackages {
+            req: 20,
+            user: bob(),
+        },
+        CreateMlsGroup {
+            req: 21,
+            group: GroupId([0x33; 16]),
+            group_info: vec![0x61; 4],
+            ratchet_tree: vec![0x72; 4],
+        },
+        Handshake {
+            req: 22,
+            group: GroupId([0x33; 16]),
+            id: MsgId([0x44; 16]),
+            message: vec![0xc0; 4],
+            group_info: Some(vec![0x61; 4]),
+            welcome: Some(vec![0x77; 4]),
+        },
+        Post {
+            req: 23,
+            group: GroupId([0x33; 16]),
+            id: MsgId([0x45; 16]),
+            message: vec![0xa0; 4],
+            blob: Some(BlobId([0x22; 16])),
+        },
+        GroupState {
+            req: 24,
+            group: GroupId([0x33; 16]),
+            offset: 0,
+        },
+        ListMlsGroups {
+            req: 25,
+            after: Some(GroupId([0x33; 16])),
+            limit: 100,
+        },
+        AckLog {
+            entries: vec![(GroupId([0x33; 16]), 12)],
+            welcomes: vec![3],
+        },
     ]
 }
 
@@ -296,6 +361,67 @@ fn node_to_client() -> Vec<NodeToClient> {
             id: MsgId([7; 16]),
             recipient: bob(),
             expired_at_ms: 1_700_000_000_000,
+        },
+        Devices {
+            req: 17,
+            devices: vec![DeviceInfo {
+                device: DeviceId(7),
+                online: true,
+                created_at_ms: 1_700_000_000_000,
+                backed_up: true,
+            }],
+        },
+        KeyPackages {
+            req: 20,
+            user: bob(),
+            packages: vec![ClaimedKeyPackage {
+                device: DeviceId(9),
+                data: vec![0xd0; 4],
+            }],
+        },
+        Appended {
+            req: 22,
+            group: GroupId([0x33; 16]),
+            seq: 12,
+            epoch: 3,
+            fresh: true,
+        },
+        GroupState {
+            req: 24,
+            group: GroupId([0x33; 16]),
+            epoch: 3,
+            group_info: vec![0x61; 4],
+            tree_len: 4,
+            tree: vec![0x72; 4],
+            last_seq: 12,
+        },
+        MlsGroups {
+            req: 25,
+            groups: vec![MlsGroupSummary {
+                id: GroupId([0x33; 16]),
+                name: GroupName::new("friends").unwrap(),
+                epoch: 3,
+            }],
+            more: false,
+        },
+        Log {
+            group: GroupId([0x33; 16]),
+            entries: vec![LogEntry {
+                seq: 12,
+                id: MsgId([0x45; 16]),
+                sender: alice(),
+                device: DeviceId(7),
+                kind: LogKind::Application,
+                epoch: 3,
+                body: vec![0xa0; 4],
+                blob: Some((BlobId([0x22; 16]), 1234)),
+                at_ms: 1_700_000_000_000,
+            }],
+        },
+        Welcome {
+            id: 3,
+            group: GroupId([0x33; 16]),
+            body: vec![0x77; 4],
         },
     ]
 }

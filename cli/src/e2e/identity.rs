@@ -183,6 +183,16 @@ impl Identity {
     }
 
     /// Signs `message` with RSA-PSS-SHA256.
+    /// Enrolls a new MLS device of `user`: a fresh Ed25519 device key whose credential this
+    /// account key signs (what every peer checks against its pin of this key).
+    pub fn enroll_device(
+        &self,
+        user: quip_proto::ids::UserName,
+        device: quip_proto::ids::DeviceId,
+    ) -> std::result::Result<quip_mls::device::Device, quip_mls::Refusal> {
+        quip_mls::device::Device::enroll(user, device, |bytes| self.sign(bytes))
+    }
+
     pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         self.signing
             .pss_sign::<Sha256>(message)

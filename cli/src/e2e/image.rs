@@ -554,7 +554,7 @@ mod tests {
         assert!(last.len() < IMAGE_CHUNK + TAG_LEN);
         assert_eq!(
             key.cipher_len(),
-            chunks.iter().map(|c| c.len() as u64).sum()
+            chunks.iter().map(|c| c.len() as u64).sum::<u64>()
         );
         assert_eq!(key.sha256, <[u8; 32]>::from(Sha256::digest(&bytes)));
         let saved = decrypt(&key, out.path(), &chunks).unwrap();

@@ -6,6 +6,7 @@ pub(crate) mod directory;
 pub(crate) mod group;
 pub(crate) mod image;
 pub(crate) mod message;
+pub(crate) mod mls;
 
 use quip_proto::{ClientToNode, EncodeError, ErrorCode, NodeToClient};
 use quip_storage::Storage;
@@ -67,5 +68,30 @@ pub(crate) async fn dispatch<S: Storage>(
             from_epoch,
         } => group::info(session, req, group, from_epoch).await,
         FetchBlob { req, msg } => image::fetch(session, req, msg).await,
+        EnrollDevice {
+            req,
+            device,
+            credential,
+            signature_key,
+        } => mls::enroll_device(session, req, device, credential, signature_key).await,
+        UseDevice { req, device } => mls::use_device(session, req, device).await,
+        ListDevices { req } => mls::list_devices(session, req).await,
+        RemoveDevice { req, device } => mls::remove_device(session, req, device).await,
+        PublishKeyPackages { req, packages } => {
+            mls::publish_key_packages(session, req, packages).await
+        }
+        ClaimKeyPackages { req, user } => mls::claim_key_packages(session, req, user).await,
+        CreateMlsGroup {
+            req,
+            group,
+            group_info,
+            ratchet_tree,
+        } => mls::create_group(session, req, group, group_info, ratchet_tree).await,
+        GroupState { req, group, offset } => mls::group_state(session, req, group, offset).await,
+        ListMlsGroups { req, after, limit } => mls::list_groups(session, req, after, limit).await,
+        Handshake { .. } | Post { .. } | AckLog { .. } => Err(Refusal::new(
+            ErrorCode::UnsupportedVersion,
+            "group logs are not served by this node yet",
+        )),
     }
 }

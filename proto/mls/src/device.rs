@@ -141,10 +141,10 @@ impl std::fmt::Debug for Device {
 impl Device {
     /// Enrolls a new device of `user`: a fresh Ed25519 key, and a credential the account key
     /// signs (`sign` gets the bytes to sign with it).
-    pub fn enroll(
+    pub fn enroll<E: std::fmt::Display>(
         user: UserName,
         device: DeviceId,
-        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+        sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
     ) -> Result<Self, Refusal> {
         let provider = Provider::default();
         let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(Refusal::invalid)?;
@@ -153,7 +153,8 @@ impl Device {
             &user,
             device,
             signer.public(),
-        ));
+        ))
+        .map_err(|e| Refusal::Credential(format!("the account key did not sign: {e}")))?;
         let credential = DeviceCredential {
             user: user.clone(),
             device,
@@ -174,6 +175,15 @@ impl Device {
     /// Who this device is.
     pub fn me(&self) -> &Leaf {
         &self.me
+    }
+
+    /// This device's credential (`DeviceCredential`, encoded) and MLS signature key: what
+    /// `EnrollDevice` registers.
+    pub fn enrollment(&self) -> (Vec<u8>, Vec<u8>) {
+        (
+            self.credential.credential.serialized_content().to_vec(),
+            self.signer.public().to_vec(),
+        )
     }
 
     /// `count` fresh key packages (plus, with `last_resort`, one that may be used more than

@@ -50,12 +50,41 @@ pub enum Incoming {
     Application,
 }
 
-/// A commit that passed every check but the group info that must come with it.
+/// A commit openmls accepted against the public state; the policy and the new devices'
+/// credentials are checked next ([`PendingCommit::check`]).
 #[derive(Debug)]
 pub struct PendingCommit {
     staged: StagedCommit,
     /// What it does.
     pub summary: CommitSummary,
+}
+
+/// A commit that passed every check but the group info that must come with it.
+#[derive(Debug)]
+pub struct CheckedCommit(PendingCommit);
+
+impl PendingCommit {
+    /// Users whose account keys [`Self::check`] needs (fetch them first).
+    pub fn users_to_verify(&self) -> std::collections::BTreeSet<UserName> {
+        self.summary.users_to_verify()
+    }
+
+    /// Checks the group policy and every new device's credential against its user's account
+    /// key.
+    pub fn check(
+        self,
+        account_key: impl Fn(&UserName) -> Option<Vec<u8>>,
+    ) -> Result<CheckedCommit, Refusal> {
+        self.summary.check(account_key)?;
+        Ok(CheckedCommit(self))
+    }
+}
+
+impl CheckedCommit {
+    /// What it does.
+    pub fn summary(&self) -> &CommitSummary {
+        &self.0.summary
+    }
 }
 
 /// What an accepted commit changed.
@@ -174,12 +203,7 @@ impl PublicState {
     /// Checks a message `from` a session's device. Commits and proposals are checked against
     /// the public state and the policy; application messages for their group and epoch and
     /// that `from` is a member. Nothing changes until `accept_*`.
-    pub fn read(
-        &self,
-        message: &[u8],
-        from: &Device,
-        account_key: impl Fn(&UserName) -> Option<Vec<u8>>,
-    ) -> Result<Incoming, Refusal> {
+    pub fn read(&self, message: &[u8], from: &Device) -> Result<Incoming, Refusal> {
         if message.len() > MAX_MESSAGE {
             return Err(Refusal::Malformed(format!(
                 "{} bytes is over the limit of {MAX_MESSAGE}",
@@ -242,7 +266,6 @@ impl PublicState {
                 if summary.committer.device() != from {
                     return Err(Refusal::NotMember("the commit is by another device".into()));
                 }
-                summary.check(account_key)?;
                 Ok(Incoming::Commit(Box::new(PendingCommit {
                     staged: *staged,
                     summary,
@@ -290,10 +313,10 @@ impl PublicState {
     /// committer and describe exactly the state the commit leads to.
     pub fn accept_commit(
         &mut self,
-        pending: PendingCommit,
+        checked: CheckedCommit,
         group_info: &[u8],
     ) -> Result<Accepted, Refusal> {
-        let PendingCommit { staged, summary } = pending;
+        let PendingCommit { staged, summary } = checked.0;
         let info = read_group_info(group_info)?;
         if info.group_context() != staged.group_context() {
             return Err(Refusal::Invalid(
@@ -387,6 +410,42 @@ impl PublicState {
             group_info,
         })
     }
+}
+
+/// Checks a key package a device publishes: well formed, Quip's suite and capabilities,
+/// signed by its leaf, naming exactly `device`, whose credential verifies against the user's
+/// `account_key`. Returns its reference (what a commit that uses it names).
+pub fn check_key_package(
+    bytes: &[u8],
+    device: &Device,
+    account_key: &[u8],
+) -> Result<Vec<u8>, Refusal> {
+    if bytes.len() > quip_proto::limits::MAX_KEY_PACKAGE {
+        return Err(Refusal::Malformed("the key package is too large".into()));
+    }
+    let MlsMessageBodyIn::KeyPackage(package) = read_exact::<MlsMessageIn>(bytes)?.extract() else {
+        return Err(Refusal::Malformed("not a key package".into()));
+    };
+    let package = package
+        .validate(&VerifyOnly, openmls::prelude::ProtocolVersion::Mls10)
+        .map_err(Refusal::invalid)?;
+    if package.ciphersuite() != CIPHERSUITE {
+        return Err(Refusal::Invalid("not Quip's ciphersuite".into()));
+    }
+    let leaf = package.leaf_node();
+    let (named, credential) = Device::of_leaf(leaf)?;
+    if &named != device {
+        return Err(Refusal::Credential(format!(
+            "the key package is for device {} of {}",
+            named.device, named.user
+        )));
+    }
+    credential.verify(leaf.signature_key().as_slice(), account_key)?;
+    Ok(package
+        .hash_ref(&VerifyOnly)
+        .map_err(Refusal::invalid)?
+        .as_slice()
+        .to_vec())
 }
 
 /// Reads one TLS-encoded value that must fill `bytes` exactly.

@@ -39,12 +39,16 @@ pub const POLICY_EXTENSION: u16 = 0xF0A0;
 /// Largest MLS message (handshake or application) a node accepts in one frame.
 pub const MAX_MESSAGE: usize = quip_proto::limits::MAX_SEALED;
 
-/// What every Quip leaf supports: the policy extension, self-removal and basic credentials.
+/// What every Quip leaf supports: the policy extension, last-resort key packages,
+/// self-removal and basic credentials.
 pub fn capabilities() -> Capabilities {
     Capabilities::new(
         None,
         Some(&[CIPHERSUITE]),
-        Some(&[ExtensionType::Unknown(POLICY_EXTENSION)]),
+        Some(&[
+            ExtensionType::Unknown(POLICY_EXTENSION),
+            ExtensionType::LastResort,
+        ]),
         Some(&[ProposalType::SelfRemove]),
         Some(&[CredentialType::Basic]),
     )

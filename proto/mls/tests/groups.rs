@@ -97,7 +97,7 @@ fn a_device_not_signed_by_its_account_key_is_refused_by_the_service_and_by_clien
     let (mut ds, mut alice, _bob1, _bob2, mut carol) = four();
     // mallory's device claims to be bob's, signed by mallory's account key.
     let forged = Device::enroll(account("bob").user.clone(), DeviceId(66), |b| {
-        account("mallory").sign(b)
+        Ok::<_, std::convert::Infallible>(account("mallory").sign(b))
     })
     .unwrap();
     let kp = forged.key_packages(1, false).unwrap().remove(0).1;

@@ -47,7 +47,7 @@ impl Keys {
     fn device(&self, user: &str, id: u64) -> anyhow::Result<Device> {
         let user = UserName::new(user)?;
         Ok(Device::enroll(user, DeviceId(id), |b| {
-            self.key.pss_sign::<Sha256>(b).expect("sign")
+            self.key.pss_sign::<Sha256>(b)
         })?)
     }
 
@@ -111,11 +111,12 @@ fn measure(quick: bool) -> anyhow::Result<Report> {
             add.push(started.elapsed());
             let started = Instant::now();
             let from = group.creator.me().clone();
-            let Incoming::Commit(pending) = group.ds.read(&out.commit, &from, keys.lookup())?
-            else {
+            let Incoming::Commit(pending) = group.ds.read(&out.commit, &from)? else {
                 anyhow::bail!("not a commit");
             };
-            group.ds.accept_commit(*pending, &out.group_info)?;
+            group
+                .ds
+                .accept_commit(pending.check(keys.lookup())?, &out.group_info)?;
             check.push(started.elapsed());
             group.creator.confirm(&id)?;
             let welcome = out.welcome.as_deref().expect("a welcome");
@@ -141,11 +142,12 @@ fn measure(quick: bool) -> anyhow::Result<Report> {
             let started = Instant::now();
             let (_, out) = own.join_external(group.ds.group_info(), &group.ds.ratchet_tree())?;
             external.push(started.elapsed());
-            let Incoming::Commit(pending) = group.ds.read(&out.commit, own.me(), keys.lookup())?
-            else {
+            let Incoming::Commit(pending) = group.ds.read(&out.commit, own.me())? else {
                 anyhow::bail!("not a commit");
             };
-            group.ds.accept_commit(*pending, &out.group_info)?;
+            group
+                .ds
+                .accept_commit(pending.check(keys.lookup())?, &out.group_info)?;
             group.creator.receive(&out.commit, keys.lookup())?;
             group.member.receive(&out.commit, keys.lookup())?;
         }
@@ -226,11 +228,10 @@ impl Group {
             }
             let checked = creator.check_key_packages(&packages, keys.lookup())?;
             let out = creator.add(&id, checked)?;
-            let Incoming::Commit(pending) = ds.read(&out.commit, creator.me(), keys.lookup())?
-            else {
+            let Incoming::Commit(pending) = ds.read(&out.commit, creator.me())? else {
                 anyhow::bail!("not a commit");
             };
-            ds.accept_commit(*pending, &out.group_info)?;
+            ds.accept_commit(pending.check(keys.lookup())?, &out.group_info)?;
             creator.confirm(&id)?;
             if joined {
                 member.receive(&out.commit, keys.lookup())?;

@@ -27,7 +27,10 @@ impl Account {
     }
 
     pub fn device(&self, id: u64) -> Device {
-        Device::enroll(self.user.clone(), DeviceId(id), |b| self.sign(b)).expect("enroll")
+        Device::enroll(self.user.clone(), DeviceId(id), |b| {
+            Ok::<_, std::convert::Infallible>(self.sign(b))
+        })
+        .expect("enroll")
     }
 }
 
@@ -88,15 +91,18 @@ impl Ds {
 
     /// A commit `from` a device: checked, then accepted with its group info.
     pub fn commit(&mut self, out: &Outgoing, from: &Leaf) -> Result<Accepted, Refusal> {
-        match self.state.read(&out.commit, from, keys)? {
-            Incoming::Commit(pending) => self.state.accept_commit(*pending, &out.group_info),
+        match self.state.read(&out.commit, from)? {
+            Incoming::Commit(pending) => {
+                let checked = pending.check(keys)?;
+                self.state.accept_commit(checked, &out.group_info)
+            }
             other => panic!("not a commit: {other:?}"),
         }
     }
 
     /// An application message or proposal `from` a device.
     pub fn message(&mut self, bytes: &[u8], from: &Leaf) -> Result<(), Refusal> {
-        match self.state.read(bytes, from, keys)? {
+        match self.state.read(bytes, from)? {
             Incoming::Application => Ok(()),
             Incoming::Proposal(p) => self.state.accept_proposal(*p),
             Incoming::Commit(_) => panic!("a commit"),

@@ -1,0 +1,427 @@
+//! MLS (`quip/2`): devices, key packages, group creation and the state a joining device
+//! needs. Every MLS message is checked with `quip_mls` (public state, verify-only crypto)
+//! before anything is stored.
+
+use quip_mls::Refusal as MlsRefusal;
+use quip_mls::credential::DeviceCredential;
+use quip_mls::ds::{PublicState, check_key_package};
+use quip_mls::policy::Device;
+use quip_proto::ids::{DeviceId, GroupId, UserName};
+use quip_proto::limits::{
+    MAX_DEVICES, MAX_KEY_PACKAGE_UPLOAD, MAX_LIST_PAGE, MAX_TREE_PAGE, MAX_WELCOME,
+};
+use quip_proto::mls::{ClaimedKeyPackage, DeviceInfo, KeyPackageUpload, MlsGroupSummary};
+use quip_proto::{ErrorCode, NodeToClient, ReqId};
+use quip_storage::{NewDevice, NewKeyPackage, NewMlsGroup, Storage, StorageError};
+
+use super::now_ms;
+use crate::session::{Refusal, Session};
+
+/// The delivery service's refusal as a wire error.
+pub(crate) fn refused(err: MlsRefusal) -> Refusal {
+    let code = match &err {
+        MlsRefusal::WrongEpoch { .. } => ErrorCode::StaleEpoch,
+        MlsRefusal::NotMember(_) => ErrorCode::NotMember,
+        MlsRefusal::Policy(text) if text == quip_mls::policy::ONLY_ADMIN => ErrorCode::NotAdmin,
+        MlsRefusal::WrongGroup => ErrorCode::UnknownGroup,
+        _ => ErrorCode::InvalidMls,
+    };
+    Refusal::new(code, err.to_string())
+}
+
+impl<S: Storage> Session<S> {
+    /// The session's user and device, or a refusal naming what is missing.
+    pub(crate) fn device(&self) -> Result<Device, Refusal> {
+        let user = self.user()?.clone();
+        let device = *self.device.get().ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::NoDevice,
+                "say which device this is first (UseDevice)",
+            )
+        })?;
+        Ok(Device { user, device })
+    }
+
+    /// Makes `device` this session's device, unless another session here is using it.
+    fn bind(&self, user: &UserName, device: DeviceId) -> Result<(), Refusal> {
+        if self.device.get().is_some() {
+            return Err(Refusal::new(
+                ErrorCode::Malformed,
+                "this session already has a device",
+            ));
+        }
+        let mut busy = false;
+        self.node.registry.with_sessions(user, |s| {
+            busy |= s.conn_id != self.conn_id && s.device.get() == Some(&device);
+        });
+        if busy {
+            return Err(Refusal::new(
+                ErrorCode::DeviceBusy,
+                format!("device {device} is in use by another session"),
+            ));
+        }
+        self.device
+            .set(device)
+            .map_err(|_| Refusal::new(ErrorCode::Malformed, "this session already has a device"))
+    }
+}
+
+/// The account key (RSA-PSS, SPKI DER) of `user`, as registered.
+async fn account_key<S: Storage>(
+    node: &crate::Node<S>,
+    user: &UserName,
+) -> Result<Vec<u8>, Refusal> {
+    Ok(node
+        .storage
+        .user(user)
+        .await
+        .map_err(Refusal::internal)?
+        .ok_or_else(|| Refusal::new(ErrorCode::UnknownUser, format!("no user named {user}")))?
+        .signing_key)
+}
+
+pub(crate) async fn enroll_device<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    device: DeviceId,
+    credential: Vec<u8>,
+    signature_key: Vec<u8>,
+) -> Result<(), Refusal> {
+    let user = session.user()?.clone();
+    if credential.len() > quip_mls::credential::MAX_CREDENTIAL || signature_key.len() > 64 {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            "the credential or key is too large",
+        ));
+    }
+    let (named, rest) = postcard::take_from_bytes::<DeviceCredential>(&credential)
+        .map_err(|e| Refusal::new(ErrorCode::InvalidMls, format!("unreadable credential: {e}")))?;
+    if !rest.is_empty() || named.user != user || named.device != device {
+        return Err(Refusal::new(
+            ErrorCode::InvalidMls,
+            "the credential names another user or device",
+        ));
+    }
+    let key = account_key(&session.node, &user).await?;
+    named.verify(&signature_key, &key).map_err(refused)?;
+    session
+        .node
+        .storage
+        .add_device(&NewDevice {
+            user: user.clone(),
+            device,
+            credential,
+            signature_key,
+            created_at: now_ms(),
+        })
+        .await
+        .map_err(|err| match err {
+            StorageError::AlreadyExists { .. } => Refusal::new(
+                ErrorCode::InvalidMls,
+                "that device or key is already enrolled",
+            ),
+            StorageError::Full { .. } => Refusal::new(
+                ErrorCode::QuotaExceeded,
+                format!("an account has at most {MAX_DEVICES} devices: remove one first"),
+            ),
+            other => Refusal::internal(other),
+        })?;
+    session.bind(&user, device)?;
+    session.send(&NodeToClient::Done { req }).await;
+    Ok(())
+}
+
+pub(crate) async fn use_device<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    device: DeviceId,
+) -> Result<(), Refusal> {
+    let user = session.user()?.clone();
+    let devices = session
+        .node
+        .storage
+        .devices(&user)
+        .await
+        .map_err(Refusal::internal)?;
+    if !devices.iter().any(|d| d.device == device) {
+        return Err(Refusal::new(
+            ErrorCode::UnknownDevice,
+            format!("{user} has no device {device}"),
+        ));
+    }
+    session.bind(&user, device)?;
+    session.send(&NodeToClient::Done { req }).await;
+    Ok(())
+}
+
+pub(crate) async fn list_devices<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+) -> Result<(), Refusal> {
+    let user = session.user()?.clone();
+    let node = &session.node;
+    let records = node
+        .storage
+        .devices(&user)
+        .await
+        .map_err(Refusal::internal)?;
+    let mut devices = Vec::with_capacity(records.len());
+    for record in records.into_iter().take(MAX_DEVICES) {
+        let mut online = false;
+        node.registry.with_sessions(&user, |s| {
+            online |= s.device.get() == Some(&record.device);
+        });
+        let backed_up = !node
+            .storage
+            .device_state(&user, record.device, None, 1)
+            .await
+            .map_err(Refusal::internal)?
+            .items
+            .is_empty();
+        devices.push(DeviceInfo {
+            device: record.device,
+            online,
+            created_at_ms: u64::try_from(record.created_at).unwrap_or(0),
+            backed_up,
+        });
+    }
+    session.send(&NodeToClient::Devices { req, devices }).await;
+    Ok(())
+}
+
+pub(crate) async fn remove_device<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    device: DeviceId,
+) -> Result<(), Refusal> {
+    let user = session.user()?.clone();
+    let mut online = false;
+    session.node.registry.with_sessions(&user, |s| {
+        online |= s.conn_id != session.conn_id && s.device.get() == Some(&device);
+    });
+    if online {
+        return Err(Refusal::new(
+            ErrorCode::DeviceBusy,
+            format!("device {device} is connected: it cannot be removed while in use"),
+        ));
+    }
+    let removed = session
+        .node
+        .storage
+        .remove_device(&user, device)
+        .await
+        .map_err(Refusal::internal)?;
+    if !removed {
+        return Err(Refusal::new(
+            ErrorCode::UnknownDevice,
+            format!("{user} has no device {device}"),
+        ));
+    }
+    session.send(&NodeToClient::Done { req }).await;
+    Ok(())
+}
+
+pub(crate) async fn publish_key_packages<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    packages: Vec<KeyPackageUpload>,
+) -> Result<(), Refusal> {
+    let me = session.device()?;
+    if packages.len() > MAX_KEY_PACKAGE_UPLOAD {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_KEY_PACKAGE_UPLOAD} key packages at a time"),
+        ));
+    }
+    let key = account_key(&session.node, &me.user).await?;
+    let now = now_ms();
+    let mut checked = Vec::with_capacity(packages.len());
+    for package in packages {
+        let reference = check_key_package(&package.data, &me, &key).map_err(refused)?;
+        if reference != package.reference {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMls,
+                "a key package's reference is not its hash",
+            ));
+        }
+        checked.push(NewKeyPackage {
+            kp_ref: reference,
+            data: package.data,
+            last_resort: package.last_resort,
+            created_at: now,
+        });
+    }
+    session
+        .node
+        .storage
+        .put_key_packages(&me.user, me.device, &checked)
+        .await
+        .map_err(|err| match err {
+            StorageError::AlreadyExists { .. } => {
+                Refusal::new(ErrorCode::InvalidMls, "a key package was published before")
+            }
+            StorageError::Full { max, .. } => Refusal::new(
+                ErrorCode::QuotaExceeded,
+                format!("a device keeps at most {max} key packages"),
+            ),
+            StorageError::TooLarge { .. } => Refusal::new(ErrorCode::TooLarge, err.to_string()),
+            other => Refusal::internal(other),
+        })?;
+    session.send(&NodeToClient::Done { req }).await;
+    Ok(())
+}
+
+pub(crate) async fn claim_key_packages<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    user: UserName,
+) -> Result<(), Refusal> {
+    session.device()?;
+    let taken = session
+        .node
+        .storage
+        .take_key_packages(&user)
+        .await
+        .map_err(Refusal::internal)?;
+    let packages = taken
+        .into_iter()
+        .map(|p| ClaimedKeyPackage {
+            device: p.device,
+            data: p.data,
+        })
+        .collect();
+    session
+        .send(&NodeToClient::KeyPackages {
+            req,
+            user,
+            packages,
+        })
+        .await;
+    Ok(())
+}
+
+pub(crate) async fn create_group<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    group: GroupId,
+    group_info: Vec<u8>,
+    ratchet_tree: Vec<u8>,
+) -> Result<(), Refusal> {
+    let me = session.device()?;
+    if group_info.len() > MAX_WELCOME || ratchet_tree.len() > MAX_WELCOME {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            "the group info or tree is too large",
+        ));
+    }
+    let key = account_key(&session.node, &me.user).await?;
+    let (state, policy) =
+        PublicState::create(&group, &group_info, &ratchet_tree, &me, &key).map_err(refused)?;
+    session
+        .node
+        .storage
+        .create_mls_group(&NewMlsGroup {
+            id: group,
+            name: policy.name.clone(),
+            epoch: 0,
+            state: state.to_bytes(),
+            group_info,
+            members: vec![(me.user.clone(), me.device)],
+            created_at: now_ms(),
+        })
+        .await
+        .map_err(|err| match err {
+            StorageError::AlreadyExists { .. } => {
+                Refusal::new(ErrorCode::GroupNameTaken, "a group with this id exists")
+            }
+            other => Refusal::internal(other),
+        })?;
+    session.send(&NodeToClient::Done { req }).await;
+    Ok(())
+}
+
+/// What a device joining by itself needs: for members' own devices only.
+pub(crate) async fn group_state<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    group: GroupId,
+    offset: u64,
+) -> Result<(), Refusal> {
+    let me = session.device()?;
+    let storage = &session.node.storage;
+    let unknown = || {
+        Refusal::new(
+            ErrorCode::UnknownGroup,
+            "no such group, or you are not in it",
+        )
+    };
+    let members = storage.mls_members(&group).await.map_err(|err| match err {
+        StorageError::NotFound { .. } => unknown(),
+        other => Refusal::internal(other),
+    })?;
+    if !members.iter().any(|(user, _)| *user == me.user) {
+        return Err(unknown());
+    }
+    let record = storage
+        .mls_group(&group)
+        .await
+        .map_err(Refusal::internal)?
+        .ok_or_else(unknown)?;
+    let state = PublicState::from_bytes(&group, &record.state).map_err(|err| {
+        tracing::error!(%group, error = %err, "a stored group state does not load");
+        Refusal::new(
+            ErrorCode::Internal,
+            "the group's stored state is unreadable",
+        )
+    })?;
+    let tree = state.ratchet_tree();
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(tree.len());
+    let end = start.saturating_add(MAX_TREE_PAGE).min(tree.len());
+    session
+        .send(&NodeToClient::GroupState {
+            req,
+            group,
+            epoch: record.epoch,
+            group_info: record.group_info,
+            tree_len: tree.len() as u64,
+            tree: tree[start..end].to_vec(),
+            last_seq: 0,
+        })
+        .await;
+    Ok(())
+}
+
+pub(crate) async fn list_groups<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    after: Option<GroupId>,
+    limit: u32,
+) -> Result<(), Refusal> {
+    let user = session.user()?.clone();
+    let limit = usize::try_from(limit).map_or(MAX_LIST_PAGE, |l| l.clamp(1, MAX_LIST_PAGE));
+    let page = session
+        .node
+        .storage
+        .mls_groups_of(&user, after.as_ref(), limit)
+        .await
+        .map_err(Refusal::internal)?;
+    let groups = page
+        .items
+        .into_iter()
+        .map(|g| MlsGroupSummary {
+            id: g.id,
+            name: g.name,
+            epoch: g.epoch,
+        })
+        .collect();
+    session
+        .send(&NodeToClient::MlsGroups {
+            req,
+            groups,
+            more: page.more,
+        })
+        .await;
+    Ok(())
+}
