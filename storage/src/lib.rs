@@ -563,7 +563,7 @@ pub enum Appended {
         /// Its place in the group's log.
         seq: u64,
     },
-    /// `(group, id)` was appended before (a retry); nothing changed.
+    /// `(group, id)` was appended before and is still in the log (a retry); nothing changed.
     Duplicate {
         /// Where the first one was appended.
         seq: u64,
@@ -1000,7 +1000,8 @@ pub trait Storage: Send + Sync + 'static {
     /// a commit sees the new epoch and state version). In that order:
     ///
     /// - an unknown group → [`Appended::NotFound`];
-    /// - `(group, id)` appended before (also earlier in the batch) → [`Appended::Duplicate`];
+    /// - `(group, id)` appended before and still in the log (also earlier in the batch) →
+    ///   [`Appended::Duplicate`];
     /// - a sender that is not a leaf (nor in the entry's own `change.added`: an external
     ///   commit) → [`Appended::NotMember`];
     /// - a proposal or commit whose `state_version` is not the group's →
