@@ -185,6 +185,27 @@ pub(super) async fn log(store: &impl Storage, fx: &Fixture) {
         (1, 2, 6)
     );
     assert_eq!(group_now(store, &id).await, at_six);
+    let bens = store
+        .mls_unread(&ben, DeviceId(1), None, 100)
+        .await
+        .unwrap();
+    assert!(
+        !bens.items.iter().any(|u| u.group == id),
+        "a removed device's cursor is gone"
+    );
+    let cats = store
+        .mls_unread(&cat, DeviceId(1), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        cats.items.iter().find(|u| u.group == id),
+        Some(&MlsUnread {
+            group: id,
+            delivered: 3,
+            last_seq: 6
+        }),
+        "an added device reads from after its commit"
+    );
     let all = store.mls_log(&id, 0, 100, usize::MAX).await.unwrap();
     assert_eq!(
         all.iter().map(|e| e.kind).collect::<Vec<_>>(),

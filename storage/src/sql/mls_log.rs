@@ -451,8 +451,15 @@ macro_rules! mls_log {
             .bind(budget)
             .fetch_all(&self.read)
             .await?;
-            if rows.is_empty() && self.mls_group(group).await?.is_none() {
-                return Err(StorageError::NotFound { what: "mls group" });
+            if rows.is_empty() {
+                // Nothing new (the common answer to a poll): is there a group at all?
+                let known = sqlx::query("SELECT 1 FROM mls_groups WHERE id = $1")
+                    .bind(group.0.as_slice())
+                    .fetch_optional(&self.read)
+                    .await?;
+                if known.is_none() {
+                    return Err(StorageError::NotFound { what: "mls group" });
+                }
             }
             rows.into_iter().map(decode::mls_log_entry).collect()
         }
