@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use quip_proto::ids::{GroupId, UserName};
 
-use super::{Fixture, assert_err};
+use super::{DAY, Fixture, assert_err};
 use crate::{
     Appended, DeviceId, DeviceRecord, KeyPackageRecord, MlsChange, MlsEntry, MlsGroupRecord,
     MlsGroupSummary, MlsKind, NewDevice, NewKeyPackage, NewMlsGroup, Storage, StorageError, limits,
@@ -113,7 +113,8 @@ pub(super) fn commit(fx: &Fixture, group: &MlsGroupRecord, sender: &Leaf, tag: &
             used_key_packages: Vec::new(),
             welcomes: Vec::new(),
         }),
-        at: fx.now,
+        // A day ahead: clear of other runs' retention.
+        at: fx.now + DAY,
     }
 }
 
@@ -786,7 +787,7 @@ pub(super) async fn groups(store: &impl Storage, fx: &Fixture) {
             welcomes[0].body.as_slice(),
             welcomes[0].at
         ),
-        (team.id, b"welcome cat".as_slice(), fx.now)
+        (team.id, b"welcome cat".as_slice(), fx.now + DAY)
     );
     let unread = store
         .mls_unread(&cat, DeviceId(1), None, 100)
