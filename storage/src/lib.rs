@@ -71,6 +71,8 @@ pub mod limits {
     pub const MAX_STATE_PAGE_BYTES: usize = 4 * 1024 * 1024;
     /// Largest MLS group public state, and largest GroupInfo.
     pub const MAX_GROUP_STATE: usize = 8 * 1024 * 1024;
+    /// Largest Welcome message stored for one device (it carries a GroupInfo).
+    pub const MAX_WELCOME: usize = MAX_GROUP_STATE;
     /// Most leaves (member devices) an MLS group has, and most devices or key package
     /// references one group change names in each of its lists.
     pub const MAX_GROUP_LEAVES: usize = 4096;
@@ -464,6 +466,11 @@ pub struct MlsGroupRecord {
     pub name: GroupName,
     /// Its current epoch.
     pub epoch: u64,
+    /// Bumped by every proposal or commit ([`MlsChange::state_version`]); 0 at creation.
+    pub state_version: u64,
+    /// The highest seq appended to its log (0 before the first); never goes back, even once
+    /// entries are pruned.
+    pub last_seq: u64,
     /// Its public state.
     pub state: Vec<u8>,
     /// Its GroupInfo.
@@ -481,46 +488,156 @@ pub struct MlsGroupSummary {
     pub epoch: u64,
 }
 
-/// One accepted group change (a commit): the group's new state, applied by
-/// [`Storage::advance_mls_group`] only if the group is still at `from_epoch`.
+/// What an MLS message of a group's log is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MlsKind {
+    /// An application message (a `PrivateMessage` the node cannot read).
+    Application,
+    /// A proposal (a `PublicMessage`).
+    Proposal,
+    /// A commit (a `PublicMessage`): moves the group to the next epoch.
+    Commit,
+}
+
+/// A change of the group's public state that a proposal or commit makes, applied with its
+/// entry by [`Storage::append_mls`] only if the group is still at `state_version`.
 #[derive(Clone, Debug)]
-pub struct MlsAdvance {
-    /// The group.
-    pub id: GroupId,
-    /// The epoch the change was made in: the compare-and-set's expected value.
-    pub from_epoch: u64,
-    /// The epoch after the change; greater than `from_epoch`.
+pub struct MlsChange {
+    /// The group's state version the node read (and checked the message against): the
+    /// compare-and-set's expected value. Stored, it becomes `state_version + 1`.
+    pub state_version: u64,
+    /// The group's epoch afterwards: the entry's epoch + 1 for a commit, the entry's epoch for
+    /// a proposal.
     pub epoch: u64,
-    /// The display name after the change.
+    /// The display name afterwards.
     pub name: GroupName,
-    /// The public state after the change.
+    /// The public state afterwards (at most [`limits::MAX_GROUP_STATE`]).
     pub state: Vec<u8>,
-    /// The GroupInfo after the change.
+    /// The GroupInfo afterwards (at most [`limits::MAX_GROUP_STATE`]).
     pub group_info: Vec<u8>,
-    /// Devices that became leaves (one that already is changes nothing).
+    /// Devices that become leaves (one that already is changes nothing). Each starts reading
+    /// the log after this entry: it joins from its Welcome.
     pub added: Vec<(UserName, DeviceId)>,
-    /// Devices that stopped being leaves (one that is not changes nothing: `remove_device`
-    /// may have removed it first).
+    /// Devices that stop being leaves, with their cursors (one that is not changes nothing:
+    /// `remove_device` may have removed it first). Removals apply before additions.
     pub removed: Vec<(UserName, DeviceId)>,
-    /// References of the key packages the change used (to add `added`).
+    /// References of the key packages the change used (to add `added`): each is spent for
+    /// ever (and its package deleted) except a last-resort package still stored, which may
+    /// serve again.
     pub used_key_packages: Vec<Vec<u8>>,
-    /// When it was accepted.
+    /// One Welcome per added device, kept for it until it acknowledges it
+    /// ([`Storage::mls_welcomes`]); each at most [`limits::MAX_WELCOME`].
+    pub welcomes: Vec<(UserName, DeviceId, Vec<u8>)>,
+}
+
+/// An MLS message to append to its group's log ([`Storage::append_mls`]).
+#[derive(Clone, Debug)]
+pub struct MlsEntry {
+    /// The group.
+    pub group: GroupId,
+    /// Chosen by the sender; `(group, id)` is unique, so a retry is found.
+    pub id: MsgId,
+    /// The sending device: a leaf of the group (or, for an external commit, one of
+    /// `change.added`).
+    pub sender: (UserName, DeviceId),
+    /// What it is.
+    pub kind: MlsKind,
+    /// The epoch the message is for: must be the group's epoch when it is appended.
+    pub epoch: u64,
+    /// The encoded MLS message (at most [`limits::MAX_SEALED`]).
+    pub body: Vec<u8>,
+    /// An image blob it refers to: a finished upload, deleted with the entry.
+    pub blob: Option<BlobId>,
+    /// `Some` for a proposal or commit, `None` for an application message.
+    pub change: Option<MlsChange>,
+    /// Arrival time.
     pub at: UnixMillis,
 }
 
-/// What [`Storage::advance_mls_group`] did.
+/// What [`Storage::append_mls`] did with one entry. Every outcome but `Stored` changed
+/// nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Advanced {
-    /// The group moved to the new epoch.
-    Applied,
-    /// The group is no longer at `from_epoch` (another change won); nothing changed.
-    Conflict {
-        /// The epoch the group is at.
-        current_epoch: u64,
+pub enum Appended {
+    /// Appended at `seq`.
+    Stored {
+        /// Its place in the group's log.
+        seq: u64,
     },
-    /// The change uses a key package that a change used before (this reference); nothing
-    /// changed.
+    /// `(group, id)` was appended before and is still in the log (a retry); nothing changed.
+    Duplicate {
+        /// Where the first one was appended.
+        seq: u64,
+    },
+    /// The entry's epoch is not the group's.
+    WrongEpoch {
+        /// The group's epoch.
+        current: u64,
+    },
+    /// The change's `state_version` is stale: another proposal or commit came first.
+    Conflict {
+        /// The group's state version.
+        state_version: u64,
+        /// The group's epoch.
+        epoch: u64,
+    },
+    /// The change uses a key package a change used before (this reference), or lists one
+    /// twice.
     KeyPackageReused(Vec<u8>),
+    /// The sender is not a leaf of the group (nor added by the entry's own change).
+    NotMember,
+    /// An application entry would take the group's log past `max_log_bytes`.
+    LogFull {
+        /// The bytes of bodies in the log now.
+        log_bytes: u64,
+    },
+    /// No such group.
+    NotFound,
+}
+
+/// An entry of a group's log, as [`Storage::mls_log`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlsLogEntry {
+    /// Its place in the group's log.
+    pub seq: u64,
+    /// The sender's id for it.
+    pub id: MsgId,
+    /// The sending device.
+    pub sender: (UserName, DeviceId),
+    /// What it is.
+    pub kind: MlsKind,
+    /// The epoch it is for.
+    pub epoch: u64,
+    /// The encoded MLS message.
+    pub body: Vec<u8>,
+    /// The image blob it refers to, if any.
+    pub blob: Option<BlobId>,
+    /// When it was appended.
+    pub at: UnixMillis,
+}
+
+/// A group in which a device has log entries it has not acknowledged
+/// ([`Storage::mls_unread`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlsUnread {
+    /// The group.
+    pub group: GroupId,
+    /// The highest seq the device acknowledged.
+    pub delivered: u64,
+    /// The highest seq in the group's log.
+    pub last_seq: u64,
+}
+
+/// A Welcome waiting for a device ([`Storage::mls_welcomes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlsWelcome {
+    /// Its id, for [`Storage::ack_welcomes`]; increases with arrival.
+    pub id: u64,
+    /// The group it welcomes the device to.
+    pub group: GroupId,
+    /// The encoded Welcome.
+    pub body: Vec<u8>,
+    /// When the commit that made it was appended.
+    pub at: UnixMillis,
 }
 
 /// Quip's durable state. Every method is one atomic operation; contracts are in the docs and
@@ -777,8 +894,8 @@ pub trait Storage: Send + Sync + 'static {
     /// [`limits::MAX_DEVICES_PER_USER`], so not paged.
     fn devices(&self, user: &UserName) -> impl Future<Output = Result<Vec<DeviceRecord>>> + Send;
 
-    /// Removes a device with its key packages, its state entries and its group memberships,
-    /// in one transaction. (The references its used key packages left stay used.) Returns
+    /// Removes a device with its key packages, its state entries, its group memberships (and
+    /// their cursors) and its Welcomes, in one transaction. (The references its used key packages left stay used.) Returns
     /// whether it existed.
     fn remove_device(
         &self,
@@ -817,7 +934,8 @@ pub trait Storage: Send + Sync + 'static {
         device: DeviceId,
     ) -> impl Future<Output = Result<u64>> + Send;
 
-    /// Creates an MLS group with its first state and leaves. An existing id →
+    /// Creates an MLS group with its first state and leaves, at state version 0 with an empty
+    /// log (every leaf's cursor at 0). An existing id →
     /// [`StorageError::AlreadyExists`]; a member that is not a registered device →
     /// [`StorageError::NotFound`]; oversized state or GroupInfo, or more than
     /// [`limits::MAX_GROUP_LEAVES`] members → [`StorageError::TooLarge`]; an epoch past
@@ -829,23 +947,6 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         id: &GroupId,
     ) -> impl Future<Output = Result<Option<MlsGroupRecord>>> + Send;
-
-    /// Applies one group change in one transaction, only if the group is still at
-    /// `change.from_epoch` (compare-and-set: of concurrent changes from one epoch, from any
-    /// node, exactly one applies and the others get [`Advanced::Conflict`]). Records every
-    /// key package reference it used — except the references of last-resort packages still
-    /// stored, which may serve again — and deletes those packages if still stored; a
-    /// reference used before (or listed twice) is [`Advanced::KeyPackageReused`]. Either
-    /// refusal changes nothing. Unknown group → [`StorageError::NotFound`]; an added device
-    /// that is not registered → [`StorageError::NotFound`]; oversized state or lists, or more
-    /// than [`limits::MAX_GROUP_LEAVES`] leaves afterwards → [`StorageError::TooLarge`]; an
-    /// epoch not after `from_epoch` (a same-epoch write would overwrite a concurrent one
-    /// unnoticed), or past `i64::MAX` → [`StorageError::Conflict`]; nothing changes on any
-    /// error.
-    fn advance_mls_group(
-        &self,
-        change: &MlsAdvance,
-    ) -> impl Future<Output = Result<Advanced>> + Send;
 
     /// One page of the MLS groups any of `user`'s devices is a leaf of, each once: up to
     /// `limit` with ids after `after` (from the first when `None`), by id (byte order).
@@ -889,4 +990,105 @@ pub trait Storage: Send + Sync + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> impl Future<Output = Result<Page<(Vec<u8>, Vec<u8>)>>> + Send;
+
+    // ---- MLS group logs ----
+
+    /// Appends entries to their groups' logs, in order, in one transaction (the node's
+    /// writer gathers many senders' messages into one commit, as with [`Storage::commit`]).
+    /// Each entry is judged on its own — a refused one changes nothing and does not refuse the
+    /// others — against its group as the earlier entries of the batch left it (an entry after
+    /// a commit sees the new epoch and state version). In that order:
+    ///
+    /// - an unknown group → [`Appended::NotFound`];
+    /// - `(group, id)` appended before and still in the log (also earlier in the batch) →
+    ///   [`Appended::Duplicate`];
+    /// - a sender that is not a leaf (nor in the entry's own `change.added`: an external
+    ///   commit) → [`Appended::NotMember`];
+    /// - a proposal or commit whose `state_version` is not the group's →
+    ///   [`Appended::Conflict`] (of concurrent changes from one version, from any node,
+    ///   exactly one is stored);
+    /// - an epoch that is not the group's → [`Appended::WrongEpoch`];
+    /// - an application entry that would take the bytes of bodies in the log past
+    ///   `max_log_bytes` → [`Appended::LogFull`] (proposals and commits are never refused for
+    ///   room: they let the group move on);
+    /// - a change spending a key package that was spent before (or listing one twice) →
+    ///   [`Appended::KeyPackageReused`].
+    ///
+    /// A stored entry gets the group's next seq: seqs of a group are gap-free and increase in
+    /// commit order, so a reader never sees seq n + 1 before n. A change replaces the group's
+    /// public state, bumps its state version, removes the `removed` leaves with their
+    /// cursors, adds the `added` ones with their cursors at this entry's seq, spends the key
+    /// packages and stores the Welcomes. A refused entry's image blob stays (a retry may use
+    /// it).
+    ///
+    /// `Err` means nothing of the batch was written: the database failed, or an entry is
+    /// malformed — the caller checks these before, so they are not per-entry outcomes: a body
+    /// over [`limits::MAX_SEALED`], oversized state, GroupInfo, Welcome or lists, or more
+    /// than [`limits::MAX_GROUP_LEAVES`] leaves afterwards → [`StorageError::TooLarge`]; a
+    /// kind without its change (or an application entry with one), a change's epoch that is
+    /// not the entry's (+1 for a commit), or an epoch or version past `i64::MAX` →
+    /// [`StorageError::Conflict`]; an added or welcomed device that is not registered, or a
+    /// blob that is not a finished upload → [`StorageError::NotFound`].
+    fn append_mls(
+        &self,
+        entries: &[MlsEntry],
+        max_log_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<Appended>>> + Send;
+
+    /// The group's log entries with `seq > after`, in order: at most `limit`, and only as
+    /// many as fit in `max_bytes` of bodies together — but always the first one, if any (so
+    /// a reader moves on whatever the sizes). Unknown group → [`StorageError::NotFound`].
+    fn mls_log(
+        &self,
+        group: &GroupId,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<Vec<MlsLogEntry>>> + Send;
+
+    /// One page of the groups where this device has log entries it has not acknowledged
+    /// (`delivered < last_seq`): up to `limit` with ids after `after` (from the first when
+    /// `None`), by id (byte order); `total` counts them all.
+    fn mls_unread(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        after: Option<&GroupId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page<MlsUnread>>> + Send;
+
+    /// Moves the device's cursors forward to the seqs given, in one transaction: never back,
+    /// and never past the group's `last_seq` (a larger seq is clamped to it). Groups the
+    /// device is not a leaf of are ignored; a group listed twice moves to the larger seq.
+    /// Returns how many cursors moved.
+    fn ack_mls(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        acks: &[(GroupId, u64)],
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Deletes the log entries every current leaf of their group has delivered (all of a
+    /// group without leaves), and every entry appended before `before` whatever the cursors
+    /// (retention), with their image blobs; the groups' `log_bytes` follow exactly. Welcomes
+    /// that arrived before `before` go too. Returns how many log entries were deleted.
+    fn prune_mls(&self, before: UnixMillis) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Up to `limit` Welcomes waiting for the device, oldest first (empty for an unknown
+    /// device). They stay until [`Storage::ack_welcomes`].
+    fn mls_welcomes(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<MlsWelcome>>> + Send;
+
+    /// Deletes these Welcomes of the device (ids not waiting for it are ignored); returns how
+    /// many.
+    fn ack_welcomes(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        ids: &[u64],
+    ) -> impl Future<Output = Result<u64>> + Send;
 }

@@ -174,6 +174,15 @@ impl Dialect for PostgresStorage {
     /// Locks the device's row `FOR UPDATE`, which conflicts with the `FOR KEY SHARE` lock the
     /// foreign-key check of an insert referencing it takes: such an insert waits, then finds
     /// the device gone. (Read committed: the deletes that follow see what committed before.)
+    /// Row locks on the groups, taken in id order.
+    async fn lock_mls_groups(conn: &mut PgConnection, ids: &[&[u8]]) -> Result<()> {
+        sqlx::query("SELECT id FROM mls_groups WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(ids)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     async fn lock_device(conn: &mut PgConnection, user: &str, device: i64) -> Result<bool> {
         let found =
             sqlx::query("SELECT 1 FROM devices WHERE user_name = $1 AND device = $2 FOR UPDATE")

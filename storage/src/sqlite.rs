@@ -146,6 +146,11 @@ impl Dialect for SqliteStorage {
     }
 
     /// Only looks: writers are serialised.
+    /// Nothing to do: writers are serialised.
+    async fn lock_mls_groups(_: &mut SqliteConnection, _: &[&[u8]]) -> Result<()> {
+        Ok(())
+    }
+
     async fn lock_device(conn: &mut SqliteConnection, user: &str, device: i64) -> Result<bool> {
         let found = sqlx::query("SELECT 1 FROM devices WHERE user_name = $1 AND device = $2")
             .bind(user)

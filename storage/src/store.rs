@@ -3,11 +3,11 @@
 use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
 
 use crate::{
-    Ack, Advanced, BlobInfo, Committed, DeviceId, DeviceRecord, Enqueued, ExpiryNotice,
-    GroupChange, GroupRecord, KeyPackageRecord, LoginThrottle, Member, MlsAdvance, MlsGroupRecord,
-    MlsGroupSummary, NewDevice, NewGroup, NewKeyPackage, NewMessage, NewMlsGroup, NewUser, Page,
-    PostgresStorage, QueueQuota, QueuedMessage, Refused, Result, SessionRecord, SqliteStorage,
-    Storage, StorageError, UnixMillis, UserRecord,
+    Ack, Appended, BlobInfo, Committed, DeviceId, DeviceRecord, Enqueued, ExpiryNotice,
+    GroupChange, GroupRecord, KeyPackageRecord, LoginThrottle, Member, MlsEntry, MlsGroupRecord,
+    MlsGroupSummary, MlsLogEntry, MlsUnread, MlsWelcome, NewDevice, NewGroup, NewKeyPackage,
+    NewMessage, NewMlsGroup, NewUser, Page, PostgresStorage, QueueQuota, QueuedMessage, Refused,
+    Result, SessionRecord, SqliteStorage, Storage, StorageError, UnixMillis, UserRecord,
 };
 
 /// Either backend, picked by [`Store::connect`] from the URL's scheme.
@@ -260,10 +260,6 @@ impl Storage for Store {
         dispatch!(self.mls_group(id))
     }
 
-    async fn advance_mls_group(&self, change: &MlsAdvance) -> Result<Advanced> {
-        dispatch!(self.advance_mls_group(change))
-    }
-
     async fn mls_groups_of(
         &self,
         user: &UserName,
@@ -294,6 +290,55 @@ impl Storage for Store {
         limit: usize,
     ) -> Result<Page<(Vec<u8>, Vec<u8>)>> {
         dispatch!(self.device_state(user, device, after, limit))
+    }
+    async fn append_mls(&self, entries: &[MlsEntry], max_log_bytes: u64) -> Result<Vec<Appended>> {
+        dispatch!(self.append_mls(entries, max_log_bytes))
+    }
+
+    async fn mls_log(
+        &self,
+        group: &GroupId,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<MlsLogEntry>> {
+        dispatch!(self.mls_log(group, after, limit, max_bytes))
+    }
+
+    async fn mls_unread(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        after: Option<&GroupId>,
+        limit: usize,
+    ) -> Result<Page<MlsUnread>> {
+        dispatch!(self.mls_unread(user, device, after, limit))
+    }
+
+    async fn ack_mls(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        acks: &[(GroupId, u64)],
+    ) -> Result<u64> {
+        dispatch!(self.ack_mls(user, device, acks))
+    }
+
+    async fn prune_mls(&self, before: UnixMillis) -> Result<u64> {
+        dispatch!(self.prune_mls(before))
+    }
+
+    async fn mls_welcomes(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        limit: usize,
+    ) -> Result<Vec<MlsWelcome>> {
+        dispatch!(self.mls_welcomes(user, device, limit))
+    }
+
+    async fn ack_welcomes(&self, user: &UserName, device: DeviceId, ids: &[u64]) -> Result<u64> {
+        dispatch!(self.ack_welcomes(user, device, ids))
     }
 }
 

@@ -30,6 +30,7 @@ async fn sqlite_two_handles_on_one_file() {
     conformance::concurrent_groups(&first, &second).await;
     conformance::concurrent_login_throttle(&first, &second).await;
     conformance::concurrent_mls(&first, &second).await;
+    conformance::concurrent_mls_log(&first, &second).await;
 }
 
 /// `Store` picks SQLite from the URL and delegates every method.
@@ -65,6 +66,7 @@ async fn postgres_two_handles() {
     conformance::concurrent_groups(&first, &second).await;
     conformance::concurrent_login_throttle(&first, &second).await;
     conformance::concurrent_mls(&first, &second).await;
+    conformance::concurrent_mls_log(&first, &second).await;
 }
 
 /// `Store` picks Postgres from the URL.

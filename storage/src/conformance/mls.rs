@@ -4,19 +4,19 @@ use std::collections::HashSet;
 
 use quip_proto::ids::{GroupId, UserName};
 
-use super::{Fixture, assert_err};
+use super::{DAY, Fixture, assert_err};
 use crate::{
-    Advanced, DeviceId, DeviceRecord, KeyPackageRecord, MlsAdvance, MlsGroupRecord,
-    MlsGroupSummary, NewDevice, NewKeyPackage, NewMlsGroup, Storage, StorageError, limits,
+    Appended, DeviceId, DeviceRecord, KeyPackageRecord, MlsChange, MlsEntry, MlsGroupRecord,
+    MlsGroupSummary, MlsKind, NewDevice, NewKeyPackage, NewMlsGroup, Storage, StorageError, limits,
 };
 
 /// A leaf: a user's device.
-type Leaf = (UserName, DeviceId);
+pub(super) type Leaf = (UserName, DeviceId);
 
 /// One write of [`Storage::put_device_state`]: an entry and its value, or `None` to delete it.
 type StateWrite = (Vec<u8>, Option<Vec<u8>>);
 
-fn leaf(user: &UserName, device: u64) -> Leaf {
+pub(super) fn leaf(user: &UserName, device: u64) -> Leaf {
     (user.clone(), DeviceId(device))
 }
 
@@ -32,14 +32,19 @@ fn new_device(fx: &Fixture, user: &UserName, device: u64) -> NewDevice {
 }
 
 /// Registers device `device` of `user`.
-async fn device(store: &impl Storage, fx: &Fixture, user: &UserName, device: u64) -> DeviceRecord {
+pub(super) async fn device(
+    store: &impl Storage,
+    fx: &Fixture,
+    user: &UserName,
+    device: u64,
+) -> DeviceRecord {
     let new = new_device(fx, user, device);
     store.add_device(&new).await.expect("add test device");
     record_of(&new)
 }
 
 /// A key package with a reference no other run has.
-fn key_package(fx: &Fixture, last_resort: bool) -> NewKeyPackage {
+pub(super) fn key_package(fx: &Fixture, last_resort: bool) -> NewKeyPackage {
     let kp_ref = fx.id16().to_vec();
     NewKeyPackage {
         data: [b"key package ".as_slice(), &kp_ref].concat(),
@@ -60,7 +65,7 @@ fn handed_out(device: u64, package: &NewKeyPackage) -> KeyPackageRecord {
 }
 
 /// A group named `label` at epoch 0 with `members`.
-fn new_group(fx: &Fixture, label: &str, members: &[Leaf]) -> NewMlsGroup {
+pub(super) fn new_group(fx: &Fixture, label: &str, members: &[Leaf]) -> NewMlsGroup {
     NewMlsGroup {
         id: fx.group_id(),
         name: fx.group_name(label),
@@ -73,34 +78,78 @@ fn new_group(fx: &Fixture, label: &str, members: &[Leaf]) -> NewMlsGroup {
 }
 
 /// The record `group` was stored as.
-fn record(group: &NewMlsGroup) -> MlsGroupRecord {
+pub(super) fn record(group: &NewMlsGroup) -> MlsGroupRecord {
     MlsGroupRecord {
         id: group.id,
         name: group.name.clone(),
         epoch: group.epoch,
+        state_version: 0,
+        last_seq: 0,
         state: group.state.clone(),
         group_info: group.group_info.clone(),
     }
 }
 
-/// A change of `group` from `from` to the next epoch that changes nothing but the state.
-fn advance(group: &MlsGroupRecord, from: u64, tag: &str) -> MlsAdvance {
-    MlsAdvance {
-        id: group.id,
-        from_epoch: from,
-        epoch: from + 1,
-        name: group.name.clone(),
-        state: format!("state at {} by {tag}", from + 1).into_bytes(),
-        group_info: format!("group info at {} by {tag}", from + 1).into_bytes(),
-        added: Vec::new(),
-        removed: Vec::new(),
-        used_key_packages: Vec::new(),
-        at: 0,
+/// A commit by `sender` of `group` (as it is now) to the next epoch that changes nothing but
+/// the state.
+pub(super) fn commit(fx: &Fixture, group: &MlsGroupRecord, sender: &Leaf, tag: &str) -> MlsEntry {
+    let next = group.epoch + 1;
+    MlsEntry {
+        group: group.id,
+        id: fx.msg_id(),
+        sender: sender.clone(),
+        kind: MlsKind::Commit,
+        epoch: group.epoch,
+        body: format!("commit to {next} by {tag}").into_bytes(),
+        blob: None,
+        change: Some(MlsChange {
+            state_version: group.state_version,
+            epoch: next,
+            name: group.name.clone(),
+            state: format!("state at {next} by {tag}").into_bytes(),
+            group_info: format!("group info at {next} by {tag}").into_bytes(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            used_key_packages: Vec::new(),
+            welcomes: Vec::new(),
+        }),
+        // A day ahead: clear of other runs' retention.
+        at: fx.now + DAY,
     }
 }
 
+/// `entry` with its change edited by `edit`.
+pub(super) fn with_change(mut entry: MlsEntry, edit: impl FnOnce(&mut MlsChange)) -> MlsEntry {
+    edit(entry.change.as_mut().expect("an entry with a change"));
+    entry
+}
+
+/// The record of `group` after its change `entry` was stored at `seq`.
+pub(super) fn after(group: &MlsGroupRecord, entry: &MlsEntry, seq: u64) -> MlsGroupRecord {
+    let change = entry.change.as_ref().expect("an entry with a change");
+    MlsGroupRecord {
+        id: group.id,
+        name: change.name.clone(),
+        epoch: change.epoch,
+        state_version: change.state_version + 1,
+        last_seq: seq,
+        state: change.state.clone(),
+        group_info: change.group_info.clone(),
+    }
+}
+
+/// Appends one entry; returns its outcome.
+pub(super) async fn append_one(store: &impl Storage, entry: &MlsEntry) -> Appended {
+    let mut outcomes = store
+        .append_mls(std::slice::from_ref(entry), u64::MAX)
+        .await
+        .expect("append");
+    assert_eq!(outcomes.len(), 1, "one outcome per entry");
+    outcomes.remove(0)
+}
+
 /// The group's record and leaves.
-async fn snapshot(store: &impl Storage, id: &GroupId) -> (MlsGroupRecord, Vec<Leaf>) {
+pub(super) async fn snapshot(store: &impl Storage, id: &GroupId) -> (MlsGroupRecord, Vec<Leaf>) {
     (
         store.mls_group(id).await.unwrap().expect("mls group"),
         store.mls_members(id).await.unwrap(),
@@ -274,13 +323,24 @@ pub(super) async fn devices(store: &impl Storage, fx: &Fixture) {
         .put_key_packages(&ben, DeviceId(1), std::slice::from_ref(&used))
         .await
         .unwrap();
-    let change = MlsAdvance {
-        used_key_packages: vec![used.kp_ref.clone()],
-        ..advance(&record(&group), 0, "removal")
-    };
+    let change = with_change(
+        commit(fx, &record(&group), &leaf(&ann, 1), "removal"),
+        |c| {
+            c.used_key_packages = vec![used.kp_ref.clone()];
+            c.welcomes = vec![(ben.clone(), DeviceId(1), b"welcome".to_vec())];
+        },
+    );
     assert_eq!(
-        store.advance_mls_group(&change).await.unwrap(),
-        Advanced::Applied
+        append_one(store, &change).await,
+        Appended::Stored { seq: 1 }
+    );
+    assert_eq!(
+        store
+            .mls_welcomes(&ben, DeviceId(1), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
     );
 
     assert!(store.remove_device(&ben, DeviceId(1)).await.unwrap());
@@ -316,6 +376,7 @@ pub(super) async fn devices(store: &impl Storage, fx: &Fixture) {
         .expect("id and key free again");
     assert_eq!(store.key_package_count(&ben, DeviceId(1)).await.unwrap(), 0);
     assert_eq!(all_state(store, &ben, 1, 10).await, []);
+    assert_eq!(store.mls_welcomes(&ben, DeviceId(1), 10).await.unwrap(), []);
     assert_err!(
         store
             .put_key_packages(&ben, DeviceId(1), std::slice::from_ref(&used))
@@ -547,7 +608,7 @@ pub(super) async fn key_packages(store: &impl Storage, fx: &Fixture) {
         .expect("room for one again");
 }
 
-/// create_mls_group, mls_group, mls_groups_of, mls_members, advance_mls_group.
+/// create_mls_group, mls_group, mls_groups_of, mls_members, and the changes of append_mls.
 pub(super) async fn groups(store: &impl Storage, fx: &Fixture) {
     let [ann, ben, cat, dan] = fx
         .users(store, ["mg-ann", "mg-ben", "mg-cat", "mg-dan"])
@@ -676,7 +737,8 @@ pub(super) async fn groups(store: &impl Storage, fx: &Fixture) {
         .unwrap();
     assert_eq!((rest.items.len(), rest.more, rest.total), (3, false, 4));
 
-    // A change: new name, state and leaves; the key package it used is spent.
+    // A commit: new name, state and leaves; the key package it used is spent; the device it
+    // adds gets its Welcome and starts reading the log after the commit.
     let cats = key_package(fx, false);
     store
         .put_key_packages(&cat, DeviceId(1), std::slice::from_ref(&cats))
@@ -684,24 +746,22 @@ pub(super) async fn groups(store: &impl Storage, fx: &Fixture) {
         .unwrap();
     assert_eq!(store.take_key_packages(&cat).await.unwrap().len(), 1);
     let renamed = fx.group_name("team renamed");
-    let first_change = MlsAdvance {
-        name: renamed.clone(),
-        added: vec![leaf(&cat, 1), leaf(&ann, 1)],
-        removed: vec![leaf(&ben, 1), leaf(&dan, 5)],
-        used_key_packages: vec![cats.kp_ref.clone()],
-        ..advance(&record(&team), 0, "first")
-    };
+    let first_change = with_change(commit(fx, &record(&team), &leaf(&ann, 1), "first"), |c| {
+        c.name = renamed.clone();
+        c.added = vec![leaf(&cat, 1), leaf(&ann, 1)];
+        c.removed = vec![leaf(&ben, 1), leaf(&dan, 5)];
+        c.used_key_packages = vec![cats.kp_ref.clone()];
+        c.welcomes = vec![(cat.clone(), DeviceId(1), b"welcome cat".to_vec())];
+    });
     assert_eq!(
-        store.advance_mls_group(&first_change).await.unwrap(),
-        Advanced::Applied
+        append_one(store, &first_change).await,
+        Appended::Stored { seq: 1 }
     );
-    let at_one = MlsGroupRecord {
-        id: team.id,
-        name: renamed.clone(),
-        epoch: 1,
-        state: first_change.state.clone(),
-        group_info: first_change.group_info.clone(),
-    };
+    let at_one = after(&record(&team), &first_change, 1);
+    assert_eq!(
+        (at_one.name.clone(), at_one.epoch, at_one.state_version),
+        (renamed.clone(), 1, 1)
+    );
     let before = (
         at_one.clone(),
         vec![leaf(&ann, 1), leaf(&ann, 2), leaf(&cat, 1)],
@@ -719,6 +779,24 @@ pub(super) async fn groups(store: &impl Storage, fx: &Fixture) {
             epoch: 1
         })
     );
+    let welcomes = store.mls_welcomes(&cat, DeviceId(1), 10).await.unwrap();
+    assert_eq!(welcomes.len(), 1);
+    assert_eq!(
+        (
+            welcomes[0].group,
+            welcomes[0].body.as_slice(),
+            welcomes[0].at
+        ),
+        (team.id, b"welcome cat".as_slice(), fx.now + DAY)
+    );
+    let unread = store
+        .mls_unread(&cat, DeviceId(1), None, 100)
+        .await
+        .unwrap();
+    assert!(
+        !unread.items.iter().any(|u| u.group == team.id),
+        "an added device starts after its commit"
+    );
     assert_err!(
         store
             .put_key_packages(&cat, DeviceId(1), std::slice::from_ref(&cats))
@@ -728,146 +806,213 @@ pub(super) async fn groups(store: &impl Storage, fx: &Fixture) {
         }
     );
 
-    // Refused changes change nothing: not the group, not its leaves, not the spent
-    // references (the fresh one below is still free afterwards).
+    // Refused changes change nothing: not the group, not its leaves or log, not the spent
+    // references (the fresh one below is still free afterwards), no Welcome.
     let fresh = key_package(fx, false);
-    let at = |from: u64| MlsAdvance {
-        used_key_packages: vec![fresh.kp_ref.clone()],
-        added: vec![leaf(&ben, 1)],
-        ..advance(&at_one, from, "refused")
+    let at = |edit: fn(&mut MlsEntry, &mut MlsChange)| {
+        let mut entry = commit(fx, &at_one, &leaf(&ann, 1), "refused");
+        let mut change = entry.change.take().expect("change");
+        change.used_key_packages = vec![fresh.kp_ref.clone()];
+        change.added = vec![leaf(&ben, 1)];
+        change.welcomes = vec![(ben.clone(), DeviceId(1), b"welcome ben".to_vec())];
+        edit(&mut entry, &mut change);
+        entry.change = Some(change);
+        entry
     };
-    type Expect = fn(&crate::Result<Advanced>) -> bool;
-    let conflict: Expect = |r| matches!(r, Ok(Advanced::Conflict { current_epoch: 1 }));
-    let refused: [(&str, MlsAdvance, Expect); 10] = [
-        ("stale epoch", at(0), conflict),
-        ("future epoch", at(2), conflict),
+    type Expect = fn(&crate::Result<Vec<Appended>>) -> bool;
+    let conflict: Expect = |r| {
+        matches!(
+            r.as_deref(),
+            Ok([Appended::Conflict {
+                state_version: 1,
+                epoch: 1
+            }])
+        )
+    };
+    let too_large: Expect = |r| matches!(r, Err(StorageError::TooLarge { .. }));
+    let malformed: Expect = |r| matches!(r, Err(StorageError::Conflict { .. }));
+    let no_device: Expect = |r| matches!(r, Err(StorageError::NotFound { what: "device" }));
+    let reused: Expect = |r| matches!(r.as_deref(), Ok([Appended::KeyPackageReused(_)]));
+    let spent_ref = cats.kp_ref.clone();
+    let refused: Vec<(&str, MlsEntry, Expect)> = vec![
+        ("stale version", at(|_, c| c.state_version = 0), conflict),
+        ("future version", at(|_, c| c.state_version = 2), conflict),
         (
-            "epoch out of range",
-            MlsAdvance {
-                from_epoch: u64::MAX - 1,
-                epoch: u64::MAX,
-                ..at(1)
-            },
-            |r| matches!(r, Err(StorageError::Conflict { .. })),
+            "wrong epoch",
+            at(|e, c| {
+                e.epoch = 0;
+                c.epoch = 1;
+            }),
+            |r| matches!(r.as_deref(), Ok([Appended::WrongEpoch { current: 1 }])),
         ),
-        ("same epoch", MlsAdvance { epoch: 1, ..at(1) }, |r| {
-            matches!(
-                r,
-                Err(StorageError::Conflict {
-                    what: "mls group epoch",
-                    ..
-                })
-            )
-        }),
+        (
+            "sender not a leaf",
+            at(|e, c| {
+                e.sender.1 = DeviceId(7);
+                c.added.clear();
+            }),
+            |r| matches!(r.as_deref(), Ok([Appended::NotMember])),
+        ),
         (
             "spent key package",
-            MlsAdvance {
-                used_key_packages: vec![fresh.kp_ref.clone(), cats.kp_ref.clone()],
-                ..at(1)
+            {
+                let mut entry = at(|_, _| {});
+                let change = entry.change.as_mut().expect("change");
+                change.used_key_packages.push(spent_ref.clone());
+                entry
             },
-            |r| matches!(r, Ok(Advanced::KeyPackageReused(_))),
+            reused,
         ),
         (
             "key package listed twice",
-            MlsAdvance {
-                used_key_packages: vec![fresh.kp_ref.clone(), fresh.kp_ref.clone()],
-                ..at(1)
-            },
-            |r| matches!(r, Ok(Advanced::KeyPackageReused(_))),
+            at(|_, c| c.used_key_packages.push(c.used_key_packages[0].clone())),
+            reused,
         ),
         (
             "unknown device",
-            MlsAdvance {
-                added: vec![leaf(&ben, 1), leaf(&dan, 1)],
-                ..at(1)
-            },
-            |r| matches!(r, Err(StorageError::NotFound { what: "device" })),
+            at(|_, c| c.added.push((c.added[0].0.clone(), DeviceId(99)))),
+            no_device,
+        ),
+        (
+            "unknown welcomed device",
+            at(|_, c| c.welcomes[0].1 = DeviceId(99)),
+            no_device,
         ),
         (
             "oversized state",
-            MlsAdvance {
-                state: vec![0; limits::MAX_GROUP_STATE + 1],
-                ..at(1)
-            },
-            |r| matches!(r, Err(StorageError::TooLarge { .. })),
+            at(|_, c| c.state = vec![0; limits::MAX_GROUP_STATE + 1]),
+            too_large,
+        ),
+        (
+            "oversized group info",
+            at(|_, c| c.group_info = vec![0; limits::MAX_GROUP_STATE + 1]),
+            too_large,
+        ),
+        (
+            "oversized welcome",
+            at(|_, c| c.welcomes[0].2 = vec![0; limits::MAX_WELCOME + 1]),
+            too_large,
+        ),
+        (
+            "oversized body",
+            at(|e, _| e.body = vec![0; limits::MAX_SEALED + 1]),
+            too_large,
         ),
         (
             "too many added leaves",
-            MlsAdvance {
-                added: (0..=limits::MAX_GROUP_LEAVES as u64)
-                    .map(|i| leaf(&ann, i))
-                    .collect(),
-                ..at(1)
-            },
-            |r| matches!(r, Err(StorageError::TooLarge { .. })),
+            at(|e, c| {
+                c.added = (0..=limits::MAX_GROUP_LEAVES as u64)
+                    .map(|i| (e.sender.0.clone(), DeviceId(i)))
+                    .collect()
+            }),
+            too_large,
         ),
         (
             "too many references",
-            MlsAdvance {
-                used_key_packages: (0..=limits::MAX_GROUP_LEAVES)
+            at(|_, c| {
+                c.used_key_packages = (0..=limits::MAX_GROUP_LEAVES)
                     .map(|i| i.to_be_bytes().to_vec())
-                    .collect(),
-                ..at(1)
+                    .collect()
+            }),
+            too_large,
+        ),
+        (
+            "commit that stays in its epoch",
+            at(|e, c| c.epoch = e.epoch),
+            malformed,
+        ),
+        (
+            "proposal that moves the epoch",
+            at(|e, _| e.kind = MlsKind::Proposal),
+            malformed,
+        ),
+        (
+            "application message with a change",
+            at(|e, _| e.kind = MlsKind::Application),
+            malformed,
+        ),
+        (
+            "commit without a change",
+            {
+                let mut entry = at(|_, _| {});
+                entry.change = None;
+                entry
             },
-            |r| matches!(r, Err(StorageError::TooLarge { .. })),
+            malformed,
+        ),
+        (
+            "epoch out of range",
+            at(|e, c| {
+                e.epoch = u64::MAX - 1;
+                c.epoch = u64::MAX;
+            }),
+            malformed,
+        ),
+        (
+            "version out of range",
+            at(|_, c| c.state_version = u64::MAX),
+            malformed,
         ),
     ];
-    for (case, change, expect) in &refused {
-        let result = store.advance_mls_group(change).await;
+    for (case, entry, expect) in &refused {
+        let result = store
+            .append_mls(std::slice::from_ref(entry), u64::MAX)
+            .await;
         assert!(expect(&result), "{case}: unexpected {result:?}");
         assert_eq!(snapshot(store, &team.id).await, before, "{case}");
+        assert_eq!(
+            store.mls_welcomes(&ben, DeviceId(1), 10).await.unwrap(),
+            [],
+            "{case}"
+        );
     }
     let (_, spent, _) = refused
         .iter()
         .find(|(case, ..)| *case == "spent key package")
         .expect("case");
     assert_eq!(
-        store.advance_mls_group(spent).await.unwrap(),
-        Advanced::KeyPackageReused(cats.kp_ref.clone()),
+        append_one(store, spent).await,
+        Appended::KeyPackageReused(cats.kp_ref.clone()),
         "the reused reference is named"
     );
-    assert_err!(
-        store
-            .advance_mls_group(&MlsAdvance {
-                id: unknown,
-                ..at(1)
-            })
-            .await,
-        StorageError::NotFound { what: "mls group" }
-    );
+    let mut elsewhere = at(|_, _| {});
+    elsewhere.group = unknown;
+    assert_eq!(append_one(store, &elsewhere).await, Appended::NotFound);
     store
         .put_key_packages(&ben, DeviceId(1), std::slice::from_ref(&fresh))
         .await
         .expect("a refused change spent nothing");
 
     // A package used while still stored is spent and never handed out; a last-resort
-    // package serves any number of changes and stays.
+    // package serves any number of changes and stays. Removing and adding one device in one
+    // change: removals go first, so the leaf stays (its cursor starts again).
     let bens_last = key_package(fx, true);
     store
         .put_key_packages(&ben, DeviceId(1), std::slice::from_ref(&bens_last))
         .await
         .unwrap();
-    let mut epoch = 1;
+    let mut now = at_one.clone();
     for used in [&fresh.kp_ref, &bens_last.kp_ref, &bens_last.kp_ref] {
-        let change = MlsAdvance {
-            added: vec![leaf(&ben, 1)],
-            removed: vec![leaf(&ben, 1)],
-            used_key_packages: vec![used.clone()],
-            ..advance(&at_one, epoch, "re-add")
-        };
+        let change = with_change(commit(fx, &now, &leaf(&ann, 1), "re-add"), |c| {
+            c.added = vec![leaf(&ben, 1)];
+            c.removed = vec![leaf(&ben, 1)];
+            c.used_key_packages = vec![used.clone()];
+        });
+        let seq = now.last_seq + 1;
         assert_eq!(
-            store.advance_mls_group(&change).await.unwrap(),
-            Advanced::Applied,
-            "epoch {epoch}"
+            append_one(store, &change).await,
+            Appended::Stored { seq },
+            "version {}",
+            now.state_version
         );
-        epoch += 1;
+        now = after(&now, &change, seq);
     }
+    assert_eq!(snapshot(store, &team.id).await.0, now);
     assert_eq!(store.key_package_count(&ben, DeviceId(1)).await.unwrap(), 0);
     assert_eq!(
         store.take_key_packages(&ben).await.unwrap(),
         [handed_out(1, &bens_last)]
     );
-    // Removing in the same change as adding: removals go first, so the leaf stays.
     assert!(
         store
             .mls_members(&team.id)
@@ -875,37 +1020,31 @@ pub(super) async fn groups(store: &impl Storage, fx: &Fixture) {
             .unwrap()
             .contains(&leaf(&ben, 1))
     );
-    // Removing a non-leaf and adding a leaf change nothing; epochs may jump forward.
-    let jump = MlsAdvance {
-        epoch: epoch + 10,
-        added: vec![leaf(&ann, 1)],
-        removed: vec![leaf(&cat, 2)],
-        ..advance(&at_one, epoch, "jump")
-    };
+    // Removing a non-leaf and adding a leaf change nothing of the leaves.
+    let noop = with_change(commit(fx, &now, &leaf(&ann, 1), "noop"), |c| {
+        c.added = vec![leaf(&ann, 1)];
+        c.removed = vec![leaf(&cat, 2)];
+    });
     let leaves = store.mls_members(&team.id).await.unwrap();
-    assert_eq!(
-        store.advance_mls_group(&jump).await.unwrap(),
-        Advanced::Applied
-    );
+    assert!(matches!(
+        append_one(store, &noop).await,
+        Appended::Stored { .. }
+    ));
     assert_eq!(store.mls_members(&team.id).await.unwrap(), leaves);
-    assert_eq!(
-        store.mls_group(&team.id).await.unwrap().unwrap().epoch,
-        epoch + 10
-    );
-    let roomy = MlsAdvance {
-        state: vec![1; limits::MAX_GROUP_STATE],
-        group_info: vec![2; limits::MAX_GROUP_STATE],
-        ..advance(&at_one, epoch + 10, "roomy")
-    };
-    assert_eq!(
-        store.advance_mls_group(&roomy).await.unwrap(),
-        Advanced::Applied,
+    now = after(&now, &noop, now.last_seq + 1);
+    let roomy = with_change(commit(fx, &now, &leaf(&ann, 1), "roomy"), |c| {
+        c.state = vec![1; limits::MAX_GROUP_STATE];
+        c.group_info = vec![2; limits::MAX_GROUP_STATE];
+    });
+    assert!(
+        matches!(append_one(store, &roomy).await, Appended::Stored { .. }),
         "state and group info at their limits"
     );
     let stored = store.mls_group(&team.id).await.unwrap().unwrap();
+    let change = roomy.change.expect("change");
     assert_eq!(
         (stored.state, stored.group_info),
-        (roomy.state, roomy.group_info)
+        (change.state, change.group_info)
     );
 }
 
@@ -1064,7 +1203,7 @@ pub(super) async fn device_state(store: &impl Storage, fx: &Fixture) {
 
 /// Devices, and batches of key packages, each side tries to add in [`concurrent_mls`].
 const ATTEMPTS_PER_SIDE: usize = 12;
-/// Changes each side wins in [`concurrent_mls`].
+/// Commits each side wins in [`concurrent_mls`].
 const CHANGES_PER_SIDE: u64 = 20;
 /// Key packages per device in the take race of [`concurrent_mls`].
 const PACKAGES_PER_DEVICE: usize = 30;
@@ -1104,24 +1243,28 @@ async fn put_side(
     stored
 }
 
-/// Advances `group` [`CHANGES_PER_SIDE`] times, retrying on [`Advanced::Conflict`] from the
-/// epoch it names; returns the epochs it won.
-async fn advance_side(store: &impl Storage, group: &MlsGroupRecord, tag: &str) -> Vec<u64> {
-    let mut from = group.epoch;
+/// Commits to `group` until it has won [`CHANGES_PER_SIDE`] times, reading the group again
+/// after each [`Appended::Conflict`]; returns the state versions it committed from.
+async fn commit_side(
+    store: &impl Storage,
+    fx: &Fixture,
+    group: &GroupId,
+    sender: &Leaf,
+    tag: &str,
+) -> Vec<u64> {
     let mut won = Vec::new();
     while (won.len() as u64) < CHANGES_PER_SIDE {
-        match store
-            .advance_mls_group(&advance(group, from, tag))
-            .await
-            .expect("advance")
-        {
-            Advanced::Applied => {
-                won.push(from + 1);
-                from += 1;
+        let now = store.mls_group(group).await.unwrap().expect("group");
+        match append_one(store, &commit(fx, &now, sender, tag)).await {
+            Appended::Stored { seq } => {
+                assert_eq!(seq, now.last_seq + 1, "{tag}: seqs are gap-free");
+                won.push(now.state_version);
             }
-            Advanced::Conflict { current_epoch } => {
-                assert!(current_epoch > from, "{tag}: the epoch went back");
-                from = current_epoch;
+            Appended::Conflict { state_version, .. } => {
+                assert!(
+                    state_version > now.state_version,
+                    "{tag}: the version went back"
+                );
             }
             other => panic!("{tag}: {other:?}"),
         }
@@ -1220,39 +1363,46 @@ pub async fn concurrent_mls(first: &impl Storage, second: &impl Storage) {
     assert_eq!(first.key_package_count(&ann, one).await.unwrap(), 0);
     assert_eq!(first.key_package_count(&ann, two).await.unwrap(), 0);
 
-    // One epoch, two changes: exactly one applies.
+    // One state version, two commits: exactly one is stored, the other is a Conflict.
     let group = new_group(&fx, "race", &[(ann.clone(), one)]);
     first.create_mls_group(&group).await.unwrap();
     let stored = record(&group);
-    let (by_a, by_b) = (advance(&stored, 0, "a"), advance(&stored, 0, "b"));
-    let (a, b) = tokio::join!(
-        first.advance_mls_group(&by_a),
-        second.advance_mls_group(&by_b),
+    let sender = (ann.clone(), one);
+    let (by_a, by_b) = (
+        commit(&fx, &stored, &sender, "a"),
+        commit(&fx, &stored, &sender, "b"),
     );
-    let winner = match (a.unwrap(), b.unwrap()) {
-        (Advanced::Applied, Advanced::Conflict { current_epoch: 1 }) => "a",
-        (Advanced::Conflict { current_epoch: 1 }, Advanced::Applied) => "b",
-        other => panic!("racing changes: expected one Applied and one Conflict, got {other:?}"),
+    let (a, b) = tokio::join!(append_one(first, &by_a), append_one(second, &by_b));
+    let conflict = Appended::Conflict {
+        state_version: 1,
+        epoch: 1,
     };
-    assert_eq!(
-        second.mls_group(&group.id).await.unwrap().unwrap().state,
-        advance(&stored, 0, winner).state
-    );
-    let at_one = MlsGroupRecord { epoch: 1, ..stored };
+    let winner = match (a, b) {
+        (Appended::Stored { seq: 1 }, b) if b == conflict => &by_a,
+        (a, Appended::Stored { seq: 1 }) if a == conflict => &by_b,
+        other => panic!("racing commits: expected one Stored and one Conflict, got {other:?}"),
+    };
+    let at_one = after(&stored, winner, 1);
+    assert_eq!(second.mls_group(&group.id).await.unwrap().unwrap(), at_one);
     let (a, b) = tokio::join!(
-        advance_side(first, &at_one, "a"),
-        advance_side(second, &at_one, "b"),
+        commit_side(first, &fx, &group.id, &sender, "a"),
+        commit_side(second, &fx, &group.id, &sender, "b"),
     );
     let mut won: Vec<u64> = a.into_iter().chain(b).collect();
     won.sort_unstable();
     assert_eq!(
         won,
-        (2..2 + 2 * CHANGES_PER_SIDE).collect::<Vec<_>>(),
-        "each epoch won exactly once"
+        (1..1 + 2 * CHANGES_PER_SIDE).collect::<Vec<_>>(),
+        "each state version won exactly once"
     );
+    let end = first.mls_group(&group.id).await.unwrap().unwrap();
     assert_eq!(
-        first.mls_group(&group.id).await.unwrap().unwrap().epoch,
-        1 + 2 * CHANGES_PER_SIDE
+        (end.epoch, end.state_version, end.last_seq),
+        (
+            1 + 2 * CHANGES_PER_SIDE,
+            1 + 2 * CHANGES_PER_SIDE,
+            1 + 2 * CHANGES_PER_SIDE
+        )
     );
 
     // One key package, two groups: exactly one change spends it.
@@ -1264,20 +1414,20 @@ pub async fn concurrent_mls(first: &impl Storage, second: &impl Storage) {
         .put_key_packages(&ben, DeviceId(1), std::slice::from_ref(&bens))
         .await
         .unwrap();
-    let adding_ben = |group: &MlsGroupRecord| MlsAdvance {
-        added: vec![leaf(&ben, 1)],
-        used_key_packages: vec![bens.kp_ref.clone()],
-        ..advance(group, group.epoch, "ben")
+    let adding_ben = |group: &MlsGroupRecord, sender: &Leaf| {
+        with_change(commit(&fx, group, sender, "ben"), |c| {
+            c.added = vec![leaf(&ben, 1)];
+            c.used_key_packages = vec![bens.kp_ref.clone()];
+        })
     };
-    let current = first.mls_group(&group.id).await.unwrap().unwrap();
-    let (in_group, in_other) = (adding_ben(&current), adding_ben(&record(&other)));
-    let (a, b) = tokio::join!(
-        first.advance_mls_group(&in_group),
-        second.advance_mls_group(&in_other),
+    let (in_group, in_other) = (
+        adding_ben(&end, &sender),
+        adding_ben(&record(&other), &(ann.clone(), two)),
     );
-    let loser = match (a.unwrap(), b.unwrap()) {
-        (Advanced::Applied, Advanced::KeyPackageReused(r)) if r == bens.kp_ref => other.id,
-        (Advanced::KeyPackageReused(r), Advanced::Applied) if r == bens.kp_ref => group.id,
+    let (a, b) = tokio::join!(append_one(first, &in_group), append_one(second, &in_other));
+    let loser = match (a, b) {
+        (Appended::Stored { .. }, Appended::KeyPackageReused(r)) if r == bens.kp_ref => other.id,
+        (Appended::KeyPackageReused(r), Appended::Stored { .. }) if r == bens.kp_ref => group.id,
         other => panic!("spending one package twice: {other:?}"),
     };
     assert!(

@@ -21,11 +21,13 @@ mod accounts;
 mod blobs;
 mod groups;
 mod mls;
+mod mls_log;
 mod queue;
 mod throttle;
 
 pub use groups::concurrent_groups;
 pub use mls::concurrent_mls;
+pub use mls_log::concurrent_mls_log;
 pub use queue::concurrent_queues;
 pub use throttle::concurrent_login_throttle;
 
@@ -58,9 +60,14 @@ pub async fn run_all(store: &impl Storage) {
     mls::groups(store, &fx).await;
     mls::device_state(store, &fx).await;
     concurrent_mls(store, store).await;
+    mls_log::log(store, &fx).await;
+    mls_log::cursors(store, &fx).await;
+    mls_log::prune(store, &fx).await;
+    mls_log::welcomes(store, &fx).await;
+    concurrent_mls_log(store, store).await;
 }
 
-/// Checks the counts that `purge_sessions` and `purge_unfinished_blobs` return. Unlike
+/// Checks the counts that `purge_sessions`, `purge_unfinished_blobs` and `prune_mls` return. Unlike
 /// [`run_all`], this needs a database that nothing else purges meanwhile (a private SQLite
 /// file, say), since a purge takes every run's expired rows.
 pub async fn purge_counts(store: &impl Storage) {
@@ -96,6 +103,8 @@ pub async fn purge_counts(store: &impl Storage) {
     assert_eq!(store.purge_unfinished_blobs(now).await.unwrap(), 2);
     assert_eq!(store.purge_unfinished_blobs(now).await.unwrap(), 0);
     assert!(store.blob_delete(&kept).await.unwrap());
+
+    mls_log::prune_counts(store, &fx).await;
 }
 
 /// Asserts that `$result` is an `Err` matching `$pattern`.

@@ -3,8 +3,7 @@
 //!
 //! Counts checked against a limit (a user's devices, a device's key packages) and key package
 //! hand-outs run under [`Dialect::lock_user`], so concurrent writers from any node serialise
-//! per user. A group's epoch moves by compare-and-set (an `UPDATE … WHERE epoch = from`), as
-//! the RSA-era chain's does. A device's rows are deleted under [`Dialect::lock_device`], so no
+//! per user. A group's state moves with its log ([`super::mls_log`]). A device's rows are deleted under [`Dialect::lock_device`], so no
 //! concurrent insert leaves one behind.
 
 /// Most group leaves inserted by one statement (three parameters each).
@@ -85,6 +84,11 @@ macro_rules! mls {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("DELETE FROM device_state WHERE user_name = $1 AND device = $2")
+                .bind(user)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM mls_welcomes WHERE user_name = $1 AND device = $2")
                 .bind(user)
                 .bind(id)
                 .execute(&mut *tx)
@@ -288,139 +292,14 @@ macro_rules! mls {
 
         async fn mls_group(&self, id: &GroupId) -> Result<Option<MlsGroupRecord>> {
             sqlx::query_as::<_, decode::MlsGroupRow>(
-                "SELECT id, name, epoch, state, group_info FROM mls_groups WHERE id = $1",
+                "SELECT id, name, epoch, state_version, last_seq, state, group_info \
+                 FROM mls_groups WHERE id = $1",
             )
             .bind(id.0.as_slice())
             .fetch_optional(&self.read)
             .await?
             .map(decode::mls_group)
             .transpose()
-        }
-
-        async fn advance_mls_group(&self, change: &MlsAdvance) -> Result<Advanced> {
-            let epoch = check::mls_advance(change)?;
-            let added = check::leaves("added leaves", &change.added)?;
-            let removed = check::leaves("removed leaves", &change.removed)?;
-            // Below `epoch`, so it fits too.
-            let from = check::epoch(change.from_epoch)?;
-            let id = change.id.0.as_slice();
-            let mut tx = self.begin_write().await?;
-
-            // Compare-and-set. On Postgres the row lock makes a concurrent change from the
-            // same epoch wait, then miss (read committed re-checks the updated row).
-            let moved = sqlx::query(
-                "UPDATE mls_groups \
-                 SET epoch = $2, name = $3, state = $4, group_info = $5, updated_at = $6 \
-                 WHERE id = $1 AND epoch = $7",
-            )
-            .bind(id)
-            .bind(epoch)
-            .bind(change.name.as_str())
-            .bind(change.state.as_slice())
-            .bind(change.group_info.as_slice())
-            .bind(change.at)
-            .bind(from)
-            .execute(&mut *tx)
-            .await?;
-            if moved.rows_affected() == 0 {
-                let current: Option<i64> =
-                    sqlx::query_scalar("SELECT epoch FROM mls_groups WHERE id = $1")
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                return match current {
-                    None => Err(StorageError::NotFound { what: "mls group" }),
-                    Some(current) => Ok(Advanced::Conflict {
-                        current_epoch: decode::unsigned("mls group epoch", current)?,
-                    }),
-                };
-            }
-
-            // Key packages: each reference once, ever (last-resort packages still stored
-            // excepted). Dropping `tx` on a refusal undoes the epoch move above.
-            let mut refs: Vec<&[u8]> = Vec::with_capacity(change.used_key_packages.len());
-            let mut listed = HashSet::with_capacity(change.used_key_packages.len());
-            for kp_ref in &change.used_key_packages {
-                if !listed.insert(kp_ref.as_slice()) {
-                    return Ok(Advanced::KeyPackageReused(kp_ref.clone()));
-                }
-                refs.push(kp_ref);
-            }
-            if !refs.is_empty() {
-                let mut select = QueryBuilder::new(
-                    "SELECT kp_ref FROM key_packages WHERE last_resort = TRUE AND kp_ref IN (",
-                );
-                push_list(&mut select, &refs);
-                select.push(")");
-                let reusable: Vec<Vec<u8>> =
-                    select.build_query_scalar().fetch_all(&mut *tx).await?;
-                refs.retain(|r| !reusable.iter().any(|kept| kept.as_slice() == *r));
-            }
-            if !refs.is_empty() {
-                // Sorted, so concurrent changes insert shared references in one order (no
-                // deadlock); ON CONFLICT waits for a concurrent insert of the same reference
-                // and, if it committed, skips it: that reference is reused.
-                let mut sorted = refs.clone();
-                sorted.sort_unstable();
-                let mut insert =
-                    QueryBuilder::new("INSERT INTO used_key_packages (kp_ref, used_at) ");
-                insert.push_values(&sorted, |mut row, kp_ref| {
-                    row.push_bind(*kp_ref).push_bind(change.at);
-                });
-                insert.push(" ON CONFLICT (kp_ref) DO NOTHING RETURNING kp_ref");
-                let recorded: Vec<Vec<u8>> =
-                    insert.build_query_scalar().fetch_all(&mut *tx).await?;
-                if let Some(reused) = refs
-                    .iter()
-                    .find(|r| !recorded.iter().any(|done| done.as_slice() == **r))
-                {
-                    return Ok(Advanced::KeyPackageReused(reused.to_vec()));
-                }
-                // A used package is never handed out again.
-                let mut delete = QueryBuilder::new(
-                    "DELETE FROM key_packages WHERE last_resort = FALSE AND kp_ref IN (",
-                );
-                push_list(&mut delete, &refs);
-                delete.push(")");
-                delete.build().execute(&mut *tx).await?;
-            }
-
-            // Leaves: removals first, then additions (both idempotent).
-            for (user, device) in &removed {
-                sqlx::query(
-                    "DELETE FROM mls_members WHERE group_id = $1 AND user_name = $2 AND device = $3",
-                )
-                .bind(id)
-                .bind(*user)
-                .bind(*device)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if !added.is_empty() {
-                for chunk in added.chunks(LEAF_CHUNK) {
-                    let mut insert = QueryBuilder::new(
-                        "INSERT INTO mls_members (group_id, user_name, device) ",
-                    );
-                    insert.push_values(chunk, |mut row, (user, device)| {
-                        row.push_bind(id).push_bind(*user).push_bind(*device);
-                    });
-                    insert.push(" ON CONFLICT (group_id, user_name, device) DO NOTHING");
-                    insert
-                        .build()
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| StorageError::from_write(e, "mls member", "device"))?;
-                }
-                let leaves: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM mls_members WHERE group_id = $1")
-                        .bind(id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let leaves = decode::unsigned::<usize>("mls leaf count", leaves)?;
-                check::len("mls group leaves", leaves, limits::MAX_GROUP_LEAVES)?;
-            }
-            tx.commit().await?;
-            Ok(Advanced::Applied)
         }
 
         async fn mls_groups_of(

@@ -30,16 +30,17 @@ use quip_proto::ids::{BlobId, GroupId, GroupName, MsgId, UserName};
 use sqlx::{Database, Encode, QueryBuilder, Transaction, Type};
 
 use crate::{
-    BlobInfo, DeviceId, DeviceRecord, GroupRecord, KeyPackageRecord, Member, MlsAdvance,
-    MlsGroupRecord, MlsGroupSummary, NewDevice, NewGroup, NewKeyPackage, NewMessage, NewMlsGroup,
-    NewUser, QueueQuota, QueuedMessage, QuotaLimit, Refused, Result, Role, StorageError,
-    UserRecord, limits,
+    BlobInfo, DeviceId, DeviceRecord, GroupRecord, KeyPackageRecord, Member, MlsEntry,
+    MlsGroupRecord, MlsGroupSummary, MlsKind, MlsLogEntry, NewDevice, NewGroup, NewKeyPackage,
+    NewMessage, NewMlsGroup, NewUser, QueueQuota, QueuedMessage, QuotaLimit, Refused, Result, Role,
+    StorageError, UserRecord, limits,
 };
 
 pub(crate) mod accounts;
 pub(crate) mod blobs;
 pub(crate) mod groups;
 pub(crate) mod mls;
+pub(crate) mod mls_log;
 pub(crate) mod queue;
 pub(crate) mod throttle;
 
@@ -77,6 +78,17 @@ pub(crate) trait Dialect {
         user: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Called inside a write transaction before an MLS group's log, public state, leaves
+    /// or `log_bytes` are read for a write: serialises writers per
+    /// group, so a group's seqs are handed out gap-free in commit order and a compare-and-set
+    /// on its state version sees the latest one (Postgres: `SELECT … FOR UPDATE` on the
+    /// `mls_groups` rows; SQLite: its one writer already does). `ids` is sorted and
+    /// deduplicated, so concurrent writers lock groups in one order (no deadlock).
+    fn lock_mls_groups(
+        conn: &mut <Self::Db as Database>::Connection,
+        ids: &[&[u8]],
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Called inside a write transaction before a device's rows are deleted: until the
     /// transaction ends, no concurrent one can add a row that references the device (a key
     /// package, a state entry, a group leaf), so none is left behind pointing nowhere.
@@ -102,6 +114,11 @@ macro_rules! impl_storage {
                 $crate::sql::blobs::blobs!();
                 $crate::sql::throttle::login_throttle!();
                 $crate::sql::mls::mls!();
+                $crate::sql::mls_log::mls_log!();
+            }
+
+            impl $backend {
+                $crate::sql::mls_log::mls_log_helpers!();
             }
         };
     };
@@ -116,16 +133,17 @@ pub(crate) mod prelude {
     pub(crate) use std::collections::HashSet;
 
     pub(crate) use super::mls::{LEAF_CHUNK, STATE_CHUNK, STATE_CHUNK_BYTES};
+    pub(crate) use super::mls_log::{GroupNow, LOG_CHUNK, LOG_CHUNK_BYTES, PRUNE_CHUNK};
     pub(crate) use super::queue::{
         ACK_CHUNK, EXPIRE_CHUNK, MESSAGE_CHUNK, NAME_CHUNK, QUEUE_CHUNK, USAGE_QUERY,
     };
     pub(crate) use super::{Dialect, Usage, check, decode, device_sql, push_list, push_names};
     pub(crate) use crate::{
-        Ack, Advanced, BlobInfo, Committed, DeviceId, DeviceRecord, Enqueued, ExpiryNotice,
-        GroupChange, GroupRecord, KeyPackageRecord, LoginThrottle, Member, MemberEffect,
-        MlsAdvance, MlsGroupRecord, MlsGroupSummary, NewDevice, NewGroup, NewKeyPackage,
-        NewMessage, NewMlsGroup, NewUser, Page, QueueQuota, QueuedMessage, Refused, Result, Role,
-        SessionRecord, Storage, StorageError, UnixMillis, UserRecord, limits,
+        Ack, Appended, BlobInfo, Committed, DeviceId, DeviceRecord, Enqueued, ExpiryNotice,
+        GroupChange, GroupRecord, KeyPackageRecord, LoginThrottle, Member, MemberEffect, MlsEntry,
+        MlsGroupRecord, MlsGroupSummary, MlsLogEntry, MlsUnread, MlsWelcome, NewDevice, NewGroup,
+        NewKeyPackage, NewMessage, NewMlsGroup, NewUser, Page, QueueQuota, QueuedMessage, Refused,
+        Result, Role, SessionRecord, Storage, StorageError, UnixMillis, UserRecord, limits,
     };
 }
 
@@ -362,9 +380,49 @@ pub(crate) mod check {
         leaves("mls group leaves", &group.members)
     }
 
-    /// An MLS group change's sizes and epochs; returns the new epoch as stored.
-    pub(crate) fn mls_advance(change: &MlsAdvance) -> Result<i64> {
+    /// An MLS log entry's sizes, kind and epochs (see [`crate::Storage::append_mls`]).
+    pub(crate) fn mls_entry(entry: &MlsEntry) -> Result<()> {
+        len("mls message", entry.body.len(), limits::MAX_SEALED)?;
+        epoch(entry.epoch)?;
+        let Some(change) = &entry.change else {
+            if entry.kind != MlsKind::Application {
+                return Err(StorageError::conflict(
+                    "mls entry",
+                    format!("a {:?} needs its change of the group's state", entry.kind),
+                ));
+            }
+            return Ok(());
+        };
+        let after = match entry.kind {
+            MlsKind::Application => {
+                return Err(StorageError::conflict(
+                    "mls entry",
+                    "an application message changes nothing of the group's state",
+                ));
+            }
+            MlsKind::Proposal => Some(entry.epoch),
+            MlsKind::Commit => entry.epoch.checked_add(1),
+        };
+        if after != Some(change.epoch) {
+            return Err(StorageError::conflict(
+                "mls group epoch",
+                format!(
+                    "a {:?} in epoch {} cannot leave the group at epoch {}",
+                    entry.kind, entry.epoch, change.epoch
+                ),
+            ));
+        }
+        epoch(change.epoch)?;
+        // The version is stored +1, so it must fit below i64::MAX.
+        if change.state_version >= i64::MAX as u64 {
+            return Err(StorageError::conflict(
+                "mls group state version",
+                format!("version {} is out of range", change.state_version),
+            ));
+        }
         mls_state(&change.state, &change.group_info)?;
+        leaves("added leaves", &change.added)?;
+        leaves("removed leaves", &change.removed)?;
         len(
             "used key packages",
             change.used_key_packages.len(),
@@ -377,16 +435,11 @@ pub(crate) mod check {
                 limits::MAX_KEY_PACKAGE_REF,
             )?;
         }
-        if change.epoch <= change.from_epoch {
-            return Err(StorageError::conflict(
-                "mls group epoch",
-                format!(
-                    "a change from epoch {} must move it on, not to epoch {}",
-                    change.from_epoch, change.epoch
-                ),
-            ));
+        len("welcomes", change.welcomes.len(), limits::MAX_GROUP_LEAVES)?;
+        for (_, _, welcome) in &change.welcomes {
+            len("welcome", welcome.len(), limits::MAX_WELCOME)?;
         }
-        epoch(change.epoch)
+        Ok(())
     }
 
     /// A state entry to write.
@@ -452,8 +505,58 @@ pub(crate) mod decode {
     pub(crate) type DeviceRow = (String, i64, Vec<u8>, Vec<u8>, i64);
     /// `key_packages` columns: device, kp_ref, data, last_resort.
     pub(crate) type KeyPackageRow = (i64, Vec<u8>, Vec<u8>, bool);
-    /// `mls_groups` columns: id, name, epoch, state, group_info.
-    pub(crate) type MlsGroupRow = (Vec<u8>, String, i64, Vec<u8>, Vec<u8>);
+    /// `mls_groups` columns: id, name, epoch, state_version, last_seq, state, group_info.
+    pub(crate) type MlsGroupRow = (Vec<u8>, String, i64, i64, i64, Vec<u8>, Vec<u8>);
+    /// `mls_log` columns: seq, msg_id, sender_user, sender_device, kind, epoch, body,
+    /// blob_id, created_at.
+    pub(crate) type MlsLogRow = (
+        i64,
+        Vec<u8>,
+        String,
+        i64,
+        i16,
+        i64,
+        Vec<u8>,
+        Option<Vec<u8>>,
+        i64,
+    );
+
+    /// An MLS message kind as stored in `mls_log.kind`.
+    pub(crate) fn mls_kind_code(kind: MlsKind) -> i16 {
+        match kind {
+            MlsKind::Application => 0,
+            MlsKind::Proposal => 1,
+            MlsKind::Commit => 2,
+        }
+    }
+
+    /// A stored MLS message kind.
+    pub(crate) fn mls_kind(raw: i16) -> Result<MlsKind> {
+        match raw {
+            0 => Ok(MlsKind::Application),
+            1 => Ok(MlsKind::Proposal),
+            2 => Ok(MlsKind::Commit),
+            other => Err(StorageError::corrupt(
+                "mls message kind",
+                format!("unknown kind {other}"),
+            )),
+        }
+    }
+
+    /// An `mls_log` row.
+    pub(crate) fn mls_log_entry(row: MlsLogRow) -> Result<MlsLogEntry> {
+        let (seq, id, user, sender, kind, epoch, body, blob, at) = row;
+        Ok(MlsLogEntry {
+            seq: unsigned("mls log seq", seq)?,
+            id: msg_id(&id)?,
+            sender: (user_name(&user)?, device(sender)),
+            kind: mls_kind(kind)?,
+            epoch: unsigned("mls message epoch", epoch)?,
+            body,
+            blob: blob.as_deref().map(blob_id).transpose()?,
+            at,
+        })
+    }
 
     /// A stored device id (see [`device_sql`]).
     pub(crate) fn device(raw: i64) -> DeviceId {
@@ -490,11 +593,13 @@ pub(crate) mod decode {
 
     /// An MLS group row.
     pub(crate) fn mls_group(row: MlsGroupRow) -> Result<MlsGroupRecord> {
-        let (id, name, epoch, state, group_info) = row;
+        let (id, name, epoch, state_version, last_seq, state, group_info) = row;
         Ok(MlsGroupRecord {
             id: group_id(&id)?,
             name: group_name(&name)?,
             epoch: unsigned("mls group epoch", epoch)?,
+            state_version: unsigned("mls group state version", state_version)?,
+            last_seq: unsigned("mls log seq", last_seq)?,
             state,
             group_info,
         })
