@@ -2,9 +2,10 @@
 //! into each backend by [`impl_storage!`](super::impl_storage).
 //!
 //! Counts checked against a limit (a user's devices, a device's key packages) and key package
-//! hand-outs run under [`Dialect::lock_user`], so concurrent writers from any node serialise
-//! per user. A group's state moves with its log ([`super::mls_log`]). A device's rows are deleted under [`Dialect::lock_device`], so no
-//! concurrent insert leaves one behind.
+//! hand-outs run under [`super::Dialect::lock_user`], so concurrent writers from any node
+//! serialise per user. A group's state moves with its log ([`super::mls_log`]). A device's
+//! rows are deleted under [`super::Dialect::lock_device`], so no concurrent insert leaves one
+//! behind.
 
 /// Most group leaves inserted by one statement (three parameters each).
 pub(crate) const LEAF_CHUNK: usize = 3_000;

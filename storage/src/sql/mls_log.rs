@@ -4,7 +4,7 @@
 //! Each group has one ordered log (`mls_log`): every MLS message of the group is stored once,
 //! with the group's next seq (`mls_groups.last_seq + 1`), however many devices read it, and
 //! each leaf keeps a cursor (`mls_members.delivered`, the highest seq it acknowledged). A
-//! writer locks the groups it appends to ([`Dialect::lock_mls_groups`], in id order) before it
+//! writer locks the groups it appends to ([`super::Dialect::lock_mls_groups`], in id order) before it
 //! reads their seq, epoch and state version, so seqs are gap-free in commit order and a
 //! compare-and-set on the state version sees the latest one. Appends come in batches like the
 //! queue's ([`crate::Storage::commit`]): one transaction for many senders, each entry judged on
@@ -718,7 +718,7 @@ macro_rules! mls_log {
 }
 pub(crate) use mls_log;
 
-/// Helpers of [`mls_log!`], expanded into an inherent `impl` of each backend.
+/// Helpers of `mls_log!`, expanded into an inherent `impl` of each backend.
 macro_rules! mls_log_helpers {
     () => {
         /// Accounts for log entries a prune deleted from `group` (their body lengths and

@@ -6,7 +6,7 @@
 //! differs is the pool type, so the method bodies cannot be plain generic functions without a
 //! wall of higher-ranked `Executor`/`Encode` bounds. Instead [`impl_storage!`] expands the
 //! bodies — kept in one macro per entity ([`accounts`], [`groups`], [`queue`], [`blobs`],
-//! [`mls`]) —
+//! [`mls`], [`mls_log`]) —
 //! into `impl Storage for …` of each concrete backend:
 //!
 //! ```text
