@@ -719,6 +719,8 @@ impl Client {
                 return Some(Incoming::GroupChanged(self.describe_change(&change)));
             }
             Some(Event::Presence(_)) => return None,
+            // MLS group logs are for the MLS core; this RSA-era client has no device.
+            Some(Event::Log { .. } | Event::Welcome { .. }) => return None,
             Some(Event::Expired { id, recipient }) => {
                 return Some(Incoming::Expired { id, recipient });
             }

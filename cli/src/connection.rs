@@ -134,6 +134,22 @@ pub enum Event {
         /// Who never read it.
         recipient: UserName,
     },
+    /// Entries of an MLS group's log, in order.
+    Log {
+        /// The group.
+        group: quip_proto::ids::GroupId,
+        /// Consecutive entries.
+        entries: Vec<quip_proto::mls::LogEntry>,
+    },
+    /// This device was added to a group.
+    Welcome {
+        /// For `AckLog`.
+        id: u64,
+        /// The group.
+        group: quip_proto::ids::GroupId,
+        /// The Welcome.
+        body: Vec<u8>,
+    },
 }
 
 type Pending = Arc<Mutex<HashMap<ReqId, oneshot::Sender<NodeToClient>>>>;
@@ -482,6 +498,8 @@ async fn route(msg: NodeToClient, pending: &Pending, events: &mpsc::Sender<Event
         GroupChanged { change } => Event::GroupChanged(change),
         Reconnect { after_ms, reason } => Event::Reconnect { after_ms, reason },
         Expired { id, recipient, .. } => Event::Expired { id, recipient },
+        Log { group, entries } => Event::Log { group, entries },
+        Welcome { id, group, body } => Event::Welcome { id, group, body },
         Error { message, .. } => Event::Closed(message),
         _ => return,
     };

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quip_proto::ids::{NodeName, UserName};
+use quip_proto::ids::{GroupId, NodeName, UserName};
 use quip_proto::limits::{
     MAX_GROUP_MEMBERS, MAX_RECIPIENTS, MAX_SEALED, MAX_SIGNATURE, MAX_WRAPPED_KEY,
 };
@@ -178,8 +178,8 @@ async fn await_register(
             users,
         } = msg
         else {
-            tracing::info!(kind = kind(&msg), "frame before Register");
-            let message = format!("register first: got {} before Register", kind(&msg));
+            tracing::info!(kind = msg.kind(), "frame before Register");
+            let message = format!("register first: got {} before Register", msg.kind());
             reply(link, ErrorCode::NotRegistered, message).await;
             continue;
         };
@@ -251,6 +251,12 @@ impl NodeSession {
             NodeToMaster::Offline(users) => registry.offline(name, id, &users),
             NodeToMaster::Relay(relayed) => self.relay(relayed).await,
             NodeToMaster::Announce { users, change } => self.announce(users, change).await,
+            NodeToMaster::LogAppended {
+                users,
+                group,
+                seq,
+                frame,
+            } => self.log_appended(users, group, seq, frame).await,
             NodeToMaster::Draining => {
                 tracing::info!("node draining; no more clients for it");
                 registry.draining(name, id)
@@ -363,6 +369,52 @@ impl NodeSession {
     }
 }
 
+impl NodeSession {
+    /// Forwards news of a group log entry: one frame per destination node listing only its
+    /// users. Users connected nowhere are dropped (their devices read the log at login).
+    async fn log_appended(
+        &self,
+        mut users: Vec<UserName>,
+        group: GroupId,
+        seq: u64,
+        entry: Vec<u8>,
+    ) -> Result<(), Stale> {
+        if users.len() > MAX_GROUP_MEMBERS || entry.len() > MAX_LOG_FRAME {
+            let why = format!(
+                "log news for {} users with a {}-byte frame; at most {MAX_GROUP_MEMBERS} and {MAX_LOG_FRAME}",
+                users.len(),
+                entry.len()
+            );
+            reply(&self.link, ErrorCode::TooLarge, why).await;
+            return Ok(());
+        }
+        users.sort_unstable();
+        users.dedup();
+        let (destinations, _unrouted) =
+            self.master
+                .registry
+                .route(&self.name, self.conn_id, &users)?;
+        for (node, link, users) in destinations {
+            let out = MasterToNode::LogAppended {
+                users,
+                group,
+                seq,
+                frame: entry.clone(),
+            };
+            match frame::encode(&out) {
+                Ok(bytes) => link.relay(Bytes::from(bytes), &node),
+                Err(err) => {
+                    tracing::warn!(%group, to = %node, error = %err, "log news does not fit a frame");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Largest log-entry frame forwarded: one MLS message and its framing.
+const MAX_LOG_FRAME: usize = quip_proto::limits::MAX_MLS_MESSAGE + 4096;
+
 /// Size checks on an announcement: at most a full group of users, and a change whose
 /// signature and member list are within their limits (the master cannot verify the
 /// signature: clients do).
@@ -443,18 +495,6 @@ async fn send_frame(link: &NodeLink, msg: &MasterToNode) {
             let _ = link.outbox.send(Bytes::from(bytes)).await;
         }
         Err(err) => tracing::error!(error = %err, "answer does not fit a frame"),
-    }
-}
-
-fn kind(msg: &NodeToMaster) -> &'static str {
-    match msg {
-        NodeToMaster::Register { .. } => "Register",
-        NodeToMaster::Heartbeat(_) => "Heartbeat",
-        NodeToMaster::Online(_) => "Online",
-        NodeToMaster::Offline(_) => "Offline",
-        NodeToMaster::Relay(_) => "Relay",
-        NodeToMaster::Draining => "Draining",
-        NodeToMaster::Announce { .. } => "Announce",
     }
 }
 

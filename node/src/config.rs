@@ -92,6 +92,9 @@ pub struct NodeConfig {
     pub group_placement_window: Duration,
     /// What may wait unread in one recipient's queue, in all and from one sender.
     pub queue_quota: quip_storage::QueueQuota,
+    /// Bytes of messages one MLS group's log may hold that some member device has not yet
+    /// read; past it, new application messages to the group are refused (`QuotaExceeded`).
+    pub max_group_log_bytes: u64,
     /// A queued message nobody acknowledged within this long expires (its sender is told).
     pub retention: Duration,
     /// An image upload unfinished for this long was abandoned; its blob is deleted.
@@ -145,6 +148,7 @@ impl NodeConfig {
                 max_messages_per_sender: 2_000,
                 max_bytes_per_sender: 128 * 1024 * 1024,
             },
+            max_group_log_bytes: 256 * 1024 * 1024,
             retention: Duration::from_secs(30 * 86_400),
             abandoned_upload: Duration::from_secs(10 * 60),
             sweep_every: Duration::from_secs(60),

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 mod auth;
 mod config;
 mod handler;
+mod log;
 mod master;
 mod queue;
 mod registry;
@@ -70,6 +71,8 @@ pub(crate) struct Node<S: Storage> {
     pub(crate) limits: Limits,
     /// How fast each user may put others into groups.
     pub(crate) placements: handler::group::Placements,
+    /// MLS groups' public state, one lock per group.
+    pub(crate) groups: log::Groups,
 }
 
 /// Most names kept in [`Node::known_users`] before it starts over.
@@ -276,6 +279,7 @@ pub async fn start<S: Storage>(
         active: active.clone(),
         auth: auth::Auth::new(&config),
         placements: handler::group::Placements::new(&config),
+        groups: log::Groups::default(),
         writer: queue::Writer::spawn(
             storage.clone(),
             registry.clone(),

@@ -50,6 +50,8 @@ pub(crate) enum ToMaster {
     Relay(Relayed),
     /// A membership change for users not connected here.
     Announce(Vec<UserName>, quip_proto::SignedChange),
+    /// A group log entry for members connected elsewhere: (users, group, seq, its frame).
+    LogAppended(Vec<UserName>, quip_proto::ids::GroupId, u64, bytes::Bytes),
 }
 
 /// The node's handle on its link: cheap to clone, never blocks.
@@ -209,7 +211,7 @@ async fn serve<S: Storage>(
         MasterToNode::Error { message, .. } => {
             return Err(format!("registration refused: {message}"));
         }
-        other => return Err(format!("expected Registered, got {}", kind(&other))),
+        other => return Err(format!("expected Registered, got {}", other.kind())),
     };
     connected.store(true, Ordering::Relaxed);
     tracing::info!(master = %link.addr, "registered with the master");
@@ -226,6 +228,12 @@ async fn serve<S: Storage>(
                     ToMaster::Offline(user) => NodeToMaster::Offline(vec![user]),
                     ToMaster::Relay(relayed) => NodeToMaster::Relay(relayed),
                     ToMaster::Announce(users, change) => NodeToMaster::Announce { users, change },
+                    ToMaster::LogAppended(users, group, seq, frame) => NodeToMaster::LogAppended {
+                        users,
+                        group,
+                        seq,
+                        frame: frame.to_vec(),
+                    },
                 };
                 send_to(&mut send, &frame).await?;
             }
@@ -248,6 +256,20 @@ async fn serve<S: Storage>(
                 Ok(Some(MasterToNode::Missed { frames })) => {
                     tracing::warn!(frames, "the master dropped relays for us; every session re-reads its queue");
                     node.registry.wake_all();
+                }
+                Ok(Some(MasterToNode::LogAppended { users, group, seq, frame })) => {
+                    let frame = bytes::Bytes::from(frame);
+                    for user in &users {
+                        node.registry.with_sessions(user, |s| {
+                            if let Some(pump) = s.pump.get() {
+                                pump.notify(crate::log::Notice::Entry {
+                                    group,
+                                    seq,
+                                    frame: frame.clone(),
+                                });
+                            }
+                        });
+                    }
                 }
                 Ok(Some(MasterToNode::Registered { .. })) => {}
                 Ok(None) => return Err("the master closed the link".into()),
@@ -276,17 +298,6 @@ fn load<S: Storage>(node: &Node<S>) -> Load {
             .saturating_sub(node.registry.sessions()) as u32,
         msgs_per_sec: node.accepted.per_second(),
         max_clients: node.config.max_connections as u32,
-    }
-}
-
-fn kind(msg: &MasterToNode) -> &'static str {
-    match msg {
-        MasterToNode::Registered { .. } => "Registered",
-        MasterToNode::Relay(_) => "Relay",
-        MasterToNode::Error { .. } => "Error",
-        MasterToNode::Announce { .. } => "Announce",
-        MasterToNode::Presence { .. } => "Presence",
-        MasterToNode::Missed { .. } => "Missed",
     }
 }
 

@@ -143,6 +143,8 @@ pub(crate) struct SessionRef {
     pub(crate) wake: Arc<Notify>,
     /// The device the session speaks for, once it has said.
     pub(crate) device: Arc<std::sync::OnceLock<quip_proto::ids::DeviceId>>,
+    /// Its log pump, once it has a device.
+    pub(crate) pump: Arc<std::sync::OnceLock<crate::log::Pump>>,
 }
 
 impl SessionRef {
@@ -266,6 +268,9 @@ impl Registry {
         for session in map.values().flatten() {
             session.lagged.store(true, Ordering::Release);
             session.wake.notify_one();
+            if let Some(pump) = session.pump.get() {
+                pump.notify(crate::log::Notice::Check);
+            }
         }
     }
 

@@ -96,6 +96,8 @@ pub(crate) struct Session<S: Storage> {
     pub(crate) wake: Arc<Notify>,
     /// The device this session speaks for (`EnrollDevice`/`UseDevice`), set once.
     pub(crate) device: Arc<std::sync::OnceLock<quip_proto::ids::DeviceId>>,
+    /// The device's log pump, once it has a device.
+    pub(crate) pump: Arc<std::sync::OnceLock<crate::log::Pump>>,
     /// The drain re-reading this session's queue, if one runs (never two at once: each holds
     /// a page of messages).
     pub(crate) drain: Option<tokio::task::JoinHandle<()>>,
@@ -130,6 +132,7 @@ impl<S: Storage> Session<S> {
             lagged: self.lagged.clone(),
             wake: self.wake.clone(),
             device: self.device.clone(),
+            pump: self.pump.clone(),
         }
     }
 
@@ -210,6 +213,7 @@ pub(crate) async fn serve<S: Storage>(
             lagged: Arc::default(),
             wake: Arc::default(),
             device: Arc::default(),
+            pump: Arc::default(),
             drain: None,
         };
         let wake = session.wake.clone();

@@ -41,6 +41,12 @@ async fn once<S: Storage>(node: &Node<S>) {
         Err(err) => tracing::warn!(error = %err, "cannot purge abandoned uploads"),
     }
     let before = now.saturating_sub(millis(node.config.retention));
+    // Group logs: entries every member device has read, and anything past the retention.
+    match node.storage.prune_mls(before).await {
+        Ok(0) => {}
+        Ok(pruned) => tracing::debug!(pruned, "group log entries pruned"),
+        Err(err) => tracing::warn!(error = %err, "cannot prune group logs"),
+    }
     let senders = match node.storage.expire(before, now).await {
         Ok(senders) => senders,
         Err(err) => {

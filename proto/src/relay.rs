@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::{Sealed, WrappedKey};
 use crate::error_code::ErrorCode;
 use crate::group::SignedChange;
-use crate::ids::{NodeName, UserName};
+use crate::ids::{GroupId, NodeName, UserName};
 
 /// A node's load as reported on each heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +73,19 @@ pub enum NodeToMaster {
         /// The signed change.
         change: SignedChange,
     },
+    /// A group's log grew: tell these users' devices wherever they are connected.
+    LogAppended {
+        /// Members connected elsewhere.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::user_names(3)"))]
+        users: Vec<UserName>,
+        /// The group.
+        group: GroupId,
+        /// The new entry's seq.
+        seq: u64,
+        /// The entry's `NodeToClient::Log` frame, forwarded as it is.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        frame: Vec<u8>,
+    },
 }
 
 /// Master → node.
@@ -120,6 +133,19 @@ pub enum MasterToNode {
     Missed {
         /// How many frames were dropped.
         frames: u64,
+    },
+    /// A group's log grew; these users, connected to this node, are members.
+    LogAppended {
+        /// Who should hear of it.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::user_names(3)"))]
+        users: Vec<UserName>,
+        /// The group.
+        group: GroupId,
+        /// The new entry's seq.
+        seq: u64,
+        /// The entry's `NodeToClient::Log` frame.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::bytes(32)"))]
+        frame: Vec<u8>,
     },
 }
 
@@ -176,4 +202,35 @@ pub enum MasterToClient {
         /// When waiting helps (rate limits): milliseconds until a retry can succeed.
         retry_after_ms: Option<u32>,
     },
+}
+
+impl NodeToMaster {
+    /// This message's variant name (safe to log: no secrets).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Register { .. } => "Register",
+            Self::Heartbeat(_) => "Heartbeat",
+            Self::Online(_) => "Online",
+            Self::Offline(_) => "Offline",
+            Self::Relay(_) => "Relay",
+            Self::Draining => "Draining",
+            Self::Announce { .. } => "Announce",
+            Self::LogAppended { .. } => "LogAppended",
+        }
+    }
+}
+
+impl MasterToNode {
+    /// This message's variant name (safe to log: no secrets).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Registered { .. } => "Registered",
+            Self::Relay(_) => "Relay",
+            Self::Error { .. } => "Error",
+            Self::Announce { .. } => "Announce",
+            Self::Presence { .. } => "Presence",
+            Self::Missed { .. } => "Missed",
+            Self::LogAppended { .. } => "LogAppended",
+        }
+    }
 }

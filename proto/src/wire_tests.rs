@@ -444,6 +444,12 @@ fn node_to_master() -> Vec<NodeToMaster> {
             users: vec![bob()],
             change: change(Action::Add(bob()), 1),
         },
+        LogAppended {
+            users: vec![bob()],
+            group: GroupId([0x33; 16]),
+            seq: 12,
+            frame: vec![0, 0, 0, 1, 0x1d],
+        },
     ]
 }
 
@@ -465,6 +471,12 @@ fn master_to_node() -> Vec<MasterToNode> {
             offline: vec![bob()],
         },
         MasterToNode::Missed { frames: 300 },
+        MasterToNode::LogAppended {
+            users: vec![bob()],
+            group: GroupId([0x33; 16]),
+            seq: 12,
+            frame: vec![0, 0, 0, 1, 0x1d],
+        },
     ]
 }
 

@@ -12,7 +12,17 @@ use quip_proto::limits::{
 };
 use quip_proto::mls::{ClaimedKeyPackage, DeviceInfo, KeyPackageUpload, MlsGroupSummary};
 use quip_proto::{ErrorCode, NodeToClient, ReqId};
-use quip_storage::{NewDevice, NewKeyPackage, NewMlsGroup, Storage, StorageError};
+use quip_storage::{
+    Appended, MlsChange, MlsEntry, MlsKind, NewDevice, NewKeyPackage, NewMlsGroup, Storage,
+    StorageError,
+};
+use std::collections::HashMap;
+
+use crate::log::{Cached, Notice, entry_frame};
+use quip_mls::ds::Incoming;
+use quip_proto::ids::MsgId;
+use quip_proto::limits::MAX_MLS_MESSAGE;
+use quip_proto::mls::{LogEntry, LogKind};
 
 use super::now_ms;
 use crate::session::{Refusal, Session};
@@ -62,7 +72,11 @@ impl<S: Storage> Session<S> {
         }
         self.device
             .set(device)
-            .map_err(|_| Refusal::new(ErrorCode::Malformed, "this session already has a device"))
+            .map_err(|_| Refusal::new(ErrorCode::Malformed, "this session already has a device"))?;
+        let pump =
+            crate::log::start_pump(self.node.clone(), user.clone(), device, self.outbox.clone());
+        let _ = self.pump.set(pump);
+        Ok(())
     }
 }
 
@@ -387,7 +401,7 @@ pub(crate) async fn group_state<S: Storage>(
             group_info: record.group_info,
             tree_len: tree.len() as u64,
             tree: tree[start..end].to_vec(),
-            last_seq: 0,
+            last_seq: record.last_seq,
         })
         .await;
     Ok(())
@@ -423,5 +437,416 @@ pub(crate) async fn list_groups<S: Storage>(
             more: page.more,
         })
         .await;
+    Ok(())
+}
+
+fn unknown_group() -> Refusal {
+    Refusal::new(
+        ErrorCode::UnknownGroup,
+        "no such group, or you are not in it",
+    )
+}
+
+/// A proposal or commit: checked against the group's public state and policy, then appended
+/// to its log with the state it leads to.
+pub(crate) async fn handshake<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    group: GroupId,
+    id: MsgId,
+    message: Vec<u8>,
+    group_info: Option<Vec<u8>>,
+    welcome: Option<Vec<u8>>,
+) -> Result<(), Refusal> {
+    let me = session.device()?;
+    if message.len() > MAX_MLS_MESSAGE
+        || group_info.as_ref().is_some_and(|g| g.len() > MAX_WELCOME)
+        || welcome.as_ref().is_some_and(|w| w.len() > MAX_WELCOME)
+    {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            "the message is too large",
+        ));
+    }
+    let node = &session.node;
+    let slot = node.groups.slot(&group);
+    let mut guard = slot.lock().await;
+    if guard.is_none() {
+        *guard = Cached::load(&*node.storage, &group).await?;
+    }
+    let cached = guard.as_mut().ok_or_else(unknown_group)?;
+    let epoch = cached.state.epoch();
+    let (kind, change, added) = match cached.state.read(&message, &me).map_err(refused)? {
+        Incoming::Commit(pending) => {
+            let Some(group_info) = group_info else {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidMls,
+                    "a commit comes with the new epoch's group info",
+                ));
+            };
+            let mut keys = HashMap::new();
+            for user in pending.users_to_verify() {
+                if let Ok(key) = account_key(node, &user).await {
+                    keys.insert(user, key);
+                }
+            }
+            let checked = pending.check(|u| keys.get(u).cloned()).map_err(refused)?;
+            let adds_devices = !checked.summary().added.is_empty();
+            if adds_devices != welcome.is_some() {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidMls,
+                    "a commit that adds devices comes with their Welcome, and only then",
+                ));
+            }
+            let accepted = match cached.state.accept_commit(checked, &group_info) {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // The state may be half moved: read it again next time.
+                    *guard = None;
+                    return Err(refused(err));
+                }
+            };
+            let mut added: Vec<(UserName, DeviceId)> = accepted
+                .added
+                .iter()
+                .map(|(d, _)| (d.user.clone(), d.device))
+                .collect();
+            let welcomes = match &welcome {
+                Some(w) => added
+                    .iter()
+                    .map(|(u, d)| (u.clone(), *d, w.clone()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if let Some(d) = &accepted.joined {
+                added.push((d.user.clone(), d.device));
+            }
+            let change = MlsChange {
+                state_version: cached.version,
+                epoch: accepted.epoch,
+                name: accepted.policy.name.clone(),
+                state: cached.state.to_bytes(),
+                group_info,
+                added: added.clone(),
+                removed: accepted
+                    .removed
+                    .iter()
+                    .map(|d| (d.user.clone(), d.device))
+                    .collect(),
+                used_key_packages: accepted.added.iter().map(|(_, r)| r.clone()).collect(),
+                welcomes,
+            };
+            cached.members = accepted.members.clone();
+            (MlsKind::Commit, change, added)
+        }
+        Incoming::Proposal(proposal) => {
+            if let Err(err) = cached.state.accept_proposal(*proposal) {
+                *guard = None;
+                return Err(refused(err));
+            }
+            let name = cached.state.policy().map_err(refused)?.name;
+            let change = MlsChange {
+                state_version: cached.version,
+                epoch,
+                name,
+                state: cached.state.to_bytes(),
+                group_info: cached.state.group_info().to_vec(),
+                added: Vec::new(),
+                removed: Vec::new(),
+                used_key_packages: Vec::new(),
+                welcomes: Vec::new(),
+            };
+            (MlsKind::Proposal, change, Vec::new())
+        }
+        Incoming::Application => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMls,
+                "application messages are posted, not handshakes",
+            ));
+        }
+    };
+    let new_epoch = change.epoch;
+    let entry = MlsEntry {
+        group,
+        id,
+        sender: (me.user.clone(), me.device),
+        kind,
+        epoch,
+        body: message,
+        blob: None,
+        change: Some(change),
+        at: super::now_ms(),
+    };
+    let outcome = append(session, &mut guard, entry.clone()).await;
+    let result = answer(session, req, group, new_epoch, outcome, &mut guard, entry).await;
+    for (user, device) in added {
+        notify(node, &user, device, Notice::Check);
+    }
+    result
+}
+
+/// An application message: for the group's current epoch, from a member device.
+pub(crate) async fn post<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    group: GroupId,
+    id: MsgId,
+    message: Vec<u8>,
+    blob: Option<quip_proto::ids::BlobId>,
+) -> Result<(), Refusal> {
+    let me = session.device()?;
+    if message.len() > MAX_MLS_MESSAGE {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            "the message is too large",
+        ));
+    }
+    if blob.is_some() {
+        return Err(Refusal::new(
+            ErrorCode::InvalidMls,
+            "images on group logs are not served by this node yet",
+        ));
+    }
+    let node = &session.node;
+    let slot = node.groups.slot(&group);
+    let mut guard = slot.lock().await;
+    if guard.is_none() {
+        *guard = Cached::load(&*node.storage, &group).await?;
+    }
+    let cached = guard.as_mut().ok_or_else(unknown_group)?;
+    let epoch = cached.state.epoch();
+    match cached.state.read(&message, &me).map_err(refused)? {
+        Incoming::Application => {}
+        _ => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMls,
+                "proposals and commits go through Handshake",
+            ));
+        }
+    }
+    let entry = MlsEntry {
+        group,
+        id,
+        sender: (me.user.clone(), me.device),
+        kind: MlsKind::Application,
+        epoch,
+        body: message,
+        blob,
+        change: None,
+        at: super::now_ms(),
+    };
+    let outcome = append(session, &mut guard, entry.clone()).await;
+    answer(session, req, group, epoch, outcome, &mut guard, entry).await
+}
+
+async fn append<S: Storage>(
+    session: &Session<S>,
+    _guard: &mut Option<Cached>,
+    entry: MlsEntry,
+) -> Result<Appended, Refusal> {
+    let mut outcome = session
+        .node
+        .storage
+        .append_mls(
+            std::slice::from_ref(&entry),
+            session.node.config.max_group_log_bytes,
+        )
+        .await
+        .map_err(|err| match err {
+            StorageError::NotFound { .. } => Refusal::new(
+                ErrorCode::InvalidMls,
+                "a device this commit adds is not enrolled, or the image is unknown",
+            ),
+            StorageError::TooLarge { .. } => Refusal::new(ErrorCode::TooLarge, err.to_string()),
+            other => Refusal::internal(other),
+        })?;
+    outcome
+        .pop()
+        .ok_or_else(|| Refusal::new(ErrorCode::Internal, "storage answered nothing"))
+}
+
+/// Answers the sender, updates the cache, and tells the members' pumps.
+async fn answer<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    group: GroupId,
+    epoch: u64,
+    outcome: Result<Appended, Refusal>,
+    guard: &mut Option<Cached>,
+    entry: MlsEntry,
+) -> Result<(), Refusal> {
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            *guard = None;
+            return Err(err);
+        }
+    };
+    let seq = match outcome {
+        Appended::Stored { seq } => seq,
+        Appended::Duplicate { seq } => {
+            *guard = None;
+            session
+                .send(&NodeToClient::Appended {
+                    req,
+                    group,
+                    seq,
+                    epoch,
+                    fresh: false,
+                })
+                .await;
+            return Ok(());
+        }
+        other => {
+            // Whatever this node believed of the group is stale or was moved ahead.
+            *guard = None;
+            return Err(match other {
+                Appended::WrongEpoch { current } => Refusal::new(
+                    ErrorCode::StaleEpoch,
+                    format!("the group is at epoch {current}: catch up and try again"),
+                ),
+                Appended::Conflict { epoch, .. } => Refusal::new(
+                    ErrorCode::StaleEpoch,
+                    format!(
+                        "another change won; the group is at epoch {epoch}: catch up and try again"
+                    ),
+                ),
+                Appended::KeyPackageReused(_) => Refusal::new(
+                    ErrorCode::InvalidMls,
+                    "a key package in this commit was used before",
+                ),
+                Appended::NotMember => {
+                    Refusal::new(ErrorCode::NotMember, "you are not in this group")
+                }
+                Appended::LogFull { log_bytes } => Refusal::new(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "the group's log holds {log_bytes} unread bytes: wait for members to read"
+                    ),
+                ),
+                _ => unknown_group(),
+            });
+        }
+    };
+    let cached = guard.as_mut().expect("held since the check");
+    if entry.change.is_some() {
+        cached.version += 1;
+    }
+    cached.last_seq = seq;
+    session
+        .send(&NodeToClient::Appended {
+            req,
+            group,
+            seq,
+            epoch,
+            fresh: true,
+        })
+        .await;
+    let wire = LogEntry {
+        seq,
+        id: entry.id,
+        sender: entry.sender.0.clone(),
+        device: entry.sender.1,
+        kind: match entry.kind {
+            MlsKind::Application => LogKind::Application,
+            MlsKind::Proposal => LogKind::Proposal,
+            MlsKind::Commit => LogKind::Commit,
+        },
+        epoch: entry.epoch,
+        body: entry.body,
+        blob: None,
+        at_ms: u64::try_from(entry.at).unwrap_or(0),
+    };
+    if let Some(frame) = entry_frame(group, wire) {
+        let me = (entry.sender.0, entry.sender.1);
+        let mut recipients: Vec<(UserName, DeviceId)> = cached
+            .members
+            .iter()
+            .map(|d| (d.user.clone(), d.device))
+            .collect();
+        if let Some(change) = &entry.change {
+            // A removed device hears the commit that removed it, if it is connected.
+            recipients.extend(change.removed.iter().cloned());
+        }
+        let mut elsewhere: Vec<UserName> = Vec::new();
+        {
+            let remote = session
+                .node
+                .elsewhere
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (user, _) in &recipients {
+                if remote.contains(user) && !elsewhere.contains(user) {
+                    elsewhere.push(user.clone());
+                }
+            }
+        }
+        if !elsewhere.is_empty()
+            && let Some(uplink) = &session.node.uplink
+        {
+            uplink.send(crate::master::ToMaster::LogAppended(
+                elsewhere,
+                group,
+                seq,
+                frame.clone(),
+            ));
+        }
+        for (user, device) in recipients {
+            if user == me.0 && device == me.1 {
+                continue;
+            }
+            notify(
+                &session.node,
+                &user,
+                device,
+                Notice::Entry {
+                    group,
+                    seq,
+                    frame: frame.clone(),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Tells the pump of the session speaking for this device, if it is connected here.
+fn notify<S: Storage>(node: &crate::Node<S>, user: &UserName, device: DeviceId, notice: Notice) {
+    let mut notice = Some(notice);
+    node.registry.with_sessions(user, |s| {
+        if s.device.get() == Some(&device)
+            && let (Some(pump), Some(n)) = (s.pump.get(), notice.take())
+        {
+            pump.notify(n);
+        }
+    });
+}
+
+/// The device handled these entries and Welcomes.
+pub(crate) async fn ack_log<S: Storage>(
+    session: &Session<S>,
+    entries: Vec<(GroupId, u64)>,
+    welcomes: Vec<u64>,
+) -> Result<(), Refusal> {
+    let me = session.device()?;
+    if entries.len() > MAX_LIST_PAGE || welcomes.len() > MAX_LIST_PAGE {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            "too many acknowledgements at once",
+        ));
+    }
+    let storage = &session.node.storage;
+    if !entries.is_empty() {
+        storage
+            .ack_mls(&me.user, me.device, &entries)
+            .await
+            .map_err(Refusal::internal)?;
+    }
+    if !welcomes.is_empty() {
+        storage
+            .ack_welcomes(&me.user, me.device, &welcomes)
+            .await
+            .map_err(Refusal::internal)?;
+    }
     Ok(())
 }

@@ -89,9 +89,21 @@ pub(crate) async fn dispatch<S: Storage>(
         } => mls::create_group(session, req, group, group_info, ratchet_tree).await,
         GroupState { req, group, offset } => mls::group_state(session, req, group, offset).await,
         ListMlsGroups { req, after, limit } => mls::list_groups(session, req, after, limit).await,
-        Handshake { .. } | Post { .. } | AckLog { .. } => Err(Refusal::new(
-            ErrorCode::UnsupportedVersion,
-            "group logs are not served by this node yet",
-        )),
+        Handshake {
+            req,
+            group,
+            id,
+            message,
+            group_info,
+            welcome,
+        } => mls::handshake(session, req, group, id, message, group_info, welcome).await,
+        Post {
+            req,
+            group,
+            id,
+            message,
+            blob,
+        } => mls::post(session, req, group, id, message, blob).await,
+        AckLog { entries, welcomes } => mls::ack_log(session, entries, welcomes).await,
     }
 }

@@ -339,6 +339,9 @@ impl Device {
             .load_psks(provider.storage())
             .map_err(Refusal::invalid)?
             .create_group_info(true)
+            // The Welcome carries the tree: a device added now joins whatever the group does
+            // later, without asking anyone for the tree of that epoch.
+            .use_ratchet_tree_extension(true)
             .build(provider.rand(), provider.crypto(), signer, |_| true)
             .map_err(Refusal::invalid)?
             .stage_commit(provider)
@@ -386,22 +389,19 @@ impl Device {
         serialize(&out)
     }
 
-    /// Joins a group from a Welcome for one of this device's key packages. `ratchet_tree`
-    /// comes from the delivery service; every device in it must verify against its user's
-    /// account key before the group is accepted.
+    /// Joins a group from a Welcome for one of this device's key packages (the Welcome
+    /// carries the ratchet tree). Every device in the group must verify against its user's
+    /// account key before the group is accepted; missing keys are named, nothing changes.
     pub fn join(
         &mut self,
         welcome: &[u8],
-        ratchet_tree: &[u8],
         account_key: impl Fn(&UserName) -> Option<Vec<u8>>,
     ) -> Result<Result<GroupId, Vec<UserName>>, Refusal> {
         let MlsMessageBodyIn::Welcome(welcome) = read::<MlsMessageIn>(welcome)?.extract() else {
             return Err(Refusal::Malformed("not a welcome".into()));
         };
-        let tree = read::<RatchetTreeIn>(ratchet_tree)?;
-        let staged =
-            StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, Some(tree))
-                .map_err(Refusal::invalid)?;
+        let staged = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
+            .map_err(Refusal::invalid)?;
         let mut missing = Vec::new();
         let mut checks = Vec::new();
         for member in staged.members() {

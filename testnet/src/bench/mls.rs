@@ -129,7 +129,7 @@ fn measure(quick: bool) -> anyhow::Result<Report> {
             );
             let started = Instant::now();
             newcomer
-                .join(welcome, &tree, keys.lookup())?
+                .join(welcome, keys.lookup())?
                 .map_err(|users| anyhow::anyhow!("keys missing for {users:?}"))?;
             join.push(started.elapsed());
             group.member.receive(&out.commit, keys.lookup())?;
@@ -238,7 +238,7 @@ impl Group {
             } else {
                 let welcome = out.welcome.as_deref().expect("a welcome");
                 member
-                    .join(welcome, &ds.ratchet_tree(), keys.lookup())?
+                    .join(welcome, keys.lookup())?
                     .map_err(|users| anyhow::anyhow!("keys missing for {users:?}"))?;
                 joined = true;
             }

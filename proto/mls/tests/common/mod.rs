@@ -132,9 +132,8 @@ pub fn add(ds: &mut Ds, by: &mut Device, new: &mut [&mut Device], others: &mut [
     let out = by.add(&ds.id, checked).expect("add");
     commit(ds, by, &out);
     let welcome = out.welcome.expect("a welcome");
-    let tree = ds.state.ratchet_tree();
     for d in new.iter_mut() {
-        d.join(&welcome, &tree, keys).unwrap().expect("keys known");
+        d.join(&welcome, keys).unwrap().expect("keys known");
     }
     for d in others.iter_mut() {
         receive(d, &out.commit);
