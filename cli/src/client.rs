@@ -222,7 +222,8 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn random_id() -> MsgId {
+/// A fresh random message id.
+pub(crate) fn random_id() -> MsgId {
     let mut bytes = [0u8; 16];
     rand::fill(&mut bytes);
     MsgId(bytes)
@@ -720,7 +721,7 @@ impl Client {
             }
             Some(Event::Presence(_)) => return None,
             // MLS group logs are for the MLS core; this RSA-era client has no device.
-            Some(Event::Log { .. } | Event::Welcome { .. }) => return None,
+            Some(Event::Mls(_)) => return None,
             Some(Event::Expired { id, recipient }) => {
                 return Some(Incoming::Expired { id, recipient });
             }

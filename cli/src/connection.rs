@@ -134,26 +134,17 @@ pub enum Event {
         /// Who never read it.
         recipient: UserName,
     },
-    /// Entries of an MLS group's log, in order.
-    Log {
-        /// The group.
-        group: quip_proto::ids::GroupId,
-        /// Consecutive entries.
-        entries: Vec<quip_proto::mls::LogEntry>,
-    },
-    /// This device was added to a group.
-    Welcome {
-        /// For `AckLog`.
-        id: u64,
-        /// The group.
-        group: quip_proto::ids::GroupId,
-        /// The Welcome.
-        body: Vec<u8>,
-    },
+    /// For the MLS core ([`crate::core::Core::handle`]): answers to its requests (numbered
+    /// from [`CORE_REQS`]), group log entries and Welcomes, as the node sent them.
+    Mls(NodeToClient),
 }
 
 type Pending = Arc<Mutex<HashMap<ReqId, oneshot::Sender<NodeToClient>>>>;
 type Downloads = Arc<Mutex<HashMap<MsgId, oneshot::Sender<FramedRecv>>>>;
+
+/// Request ids from here up are a sans-IO core's own ([`Event::Answer`]); the connection's
+/// [`Connection::request`] numbers below.
+pub const CORE_REQS: ReqId = 0x8000_0000;
 
 /// How long to wait for the master to answer a discovery.
 const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
@@ -487,8 +478,14 @@ async fn route(msg: NodeToClient, pending: &Pending, events: &mpsc::Sender<Event
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&req);
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(msg);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(msg);
+            }
+            None if req >= CORE_REQS => {
+                let _ = events.send(Event::Mls(msg)).await;
+            }
+            None => {}
         }
         return;
     }
@@ -498,8 +495,7 @@ async fn route(msg: NodeToClient, pending: &Pending, events: &mpsc::Sender<Event
         GroupChanged { change } => Event::GroupChanged(change),
         Reconnect { after_ms, reason } => Event::Reconnect { after_ms, reason },
         Expired { id, recipient, .. } => Event::Expired { id, recipient },
-        Log { group, entries } => Event::Log { group, entries },
-        Welcome { id, group, body } => Event::Welcome { id, group, body },
+        msg @ (Log { .. } | Welcome { .. }) => Event::Mls(msg),
         Error { message, .. } => Event::Closed(message),
         _ => return,
     };

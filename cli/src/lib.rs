@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod core;
 pub mod display;
 pub mod e2e;
 pub mod group;

@@ -363,18 +363,18 @@ impl Session {
     /// The next log entries pushed for `group`.
     async fn log(&mut self, group: GroupId) -> Vec<quip_proto::mls::LogEntry> {
         loop {
-            match self.next_event().await {
-                quip_cli::connection::Event::Log { group: g, entries } if g == group => {
-                    return entries;
-                }
-                _ => continue,
+            if let quip_cli::connection::Event::Mls(NodeToClient::Log { group: g, entries }) =
+                self.next_event().await
+                && g == group
+            {
+                return entries;
             }
         }
     }
 
     async fn welcome(&mut self) -> (u64, GroupId, Vec<u8>) {
         loop {
-            if let quip_cli::connection::Event::Welcome { id, group, body } =
+            if let quip_cli::connection::Event::Mls(NodeToClient::Welcome { id, group, body }) =
                 self.next_event().await
             {
                 return (id, group, body);

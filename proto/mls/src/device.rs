@@ -128,7 +128,13 @@ pub struct Device {
     me: Leaf,
     credential: CredentialWithKey,
     groups: BTreeMap<GroupId, MlsGroup>,
+    /// Welcomes staged but waiting for account keys, by the SHA-256 of their bytes (staging
+    /// spends the key package, so a retry must reuse the staged one).
+    staged: BTreeMap<[u8; 32], StagedWelcome>,
 }
+
+/// Welcomes kept staged while their members' keys are fetched.
+const MAX_STAGED: usize = 64;
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,6 +175,7 @@ impl Device {
             signer,
             me: Leaf { user, device },
             groups: BTreeMap::new(),
+            staged: BTreeMap::new(),
         })
     }
 
@@ -397,11 +404,21 @@ impl Device {
         welcome: &[u8],
         account_key: impl Fn(&UserName) -> Option<Vec<u8>>,
     ) -> Result<Result<GroupId, Vec<UserName>>, Refusal> {
-        let MlsMessageBodyIn::Welcome(welcome) = read::<MlsMessageIn>(welcome)?.extract() else {
-            return Err(Refusal::Malformed("not a welcome".into()));
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, welcome)
+            .as_ref()
+            .try_into()
+            .expect("32 bytes");
+        let staged = match self.staged.remove(&digest) {
+            Some(staged) => staged,
+            None => {
+                let MlsMessageBodyIn::Welcome(welcome) = read::<MlsMessageIn>(welcome)?.extract()
+                else {
+                    return Err(Refusal::Malformed("not a welcome".into()));
+                };
+                StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
+                    .map_err(Refusal::invalid)?
+            }
         };
-        let staged = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
-            .map_err(Refusal::invalid)?;
         let mut missing = Vec::new();
         let mut checks = Vec::new();
         for member in staged.members() {
@@ -414,6 +431,12 @@ impl Device {
         if !missing.is_empty() {
             missing.sort();
             missing.dedup();
+            if self.staged.len() >= MAX_STAGED
+                && let Some(oldest) = self.staged.keys().next().copied()
+            {
+                self.staged.remove(&oldest);
+            }
+            self.staged.insert(digest, staged);
             return Ok(Err(missing));
         }
         for (credential, signature_key, key) in checks {
@@ -591,6 +614,14 @@ impl Device {
         Ok(mls.epoch().as_u64())
     }
 
+    /// Forgets a group (one created here that the delivery service refused): its state is
+    /// deleted, and a Welcome can bring this device into a group of that id later.
+    pub fn forget(&mut self, group: &GroupId) {
+        if let Some(mut mls) = self.groups.remove(group) {
+            let _ = mls.delete(self.provider.storage());
+        }
+    }
+
     /// Whether this device is in the group.
     pub fn is_in(&self, group: &GroupId) -> bool {
         self.groups.contains_key(group)
@@ -659,6 +690,7 @@ impl Device {
             signer,
             me: Leaf { user, device },
             groups: loaded,
+            staged: BTreeMap::new(),
         })
     }
 }
