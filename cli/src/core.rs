@@ -17,11 +17,13 @@ use quip_mls::Refusal;
 use quip_mls::device::{Device, Outgoing, Received};
 use quip_mls::policy::GroupPolicy;
 use quip_proto::ids::{DeviceId, GroupId, GroupName, MsgId, UserName};
+use quip_proto::limits::MAX_STATE_UPLOAD;
 use quip_proto::mls::LogEntry;
 use quip_proto::{ClientToNode, ErrorCode, NodeToClient, ReqId};
 use sha2::{Digest, Sha256};
 
 use crate::connection::CORE_REQS;
+use crate::e2e::StateKey;
 
 /// The group of the one-to-one chat between `a` and `b`: the same id whoever derives it.
 pub fn direct_group(a: &UserName, b: &UserName) -> GroupId {
@@ -146,9 +148,25 @@ enum Current {
     Committing { epoch: u64 },
 }
 
+/// What the node holds of a device's backup: entry id → hash of the entry uploaded.
+pub type Uploaded = HashMap<Vec<u8>, [u8; 32]>;
+
+/// The device's state backup on the node, kept in step entry by entry.
+#[derive(Debug)]
+struct Backup {
+    key: StateKey,
+    /// What the node holds: entry id → SHA-256 of the value uploaded.
+    uploaded: Uploaded,
+    /// Uploads at the node.
+    inflight: HashSet<ReqId>,
+    /// Acknowledgements waiting for the uploads (entries per group, Welcomes).
+    held: (BTreeMap<GroupId, u64>, Vec<u64>),
+}
+
 /// What a request was for.
 #[derive(Debug)]
 enum Request {
+    Backup,
     Keys(UserName),
     Claim { group: GroupId, user: UserName },
     Create(GroupId),
@@ -179,6 +197,8 @@ pub struct Core {
     unsaved_welcomes: Vec<u64>,
     /// The device's state changed since the last save.
     dirty: bool,
+    /// The encrypted backup on the node, if this device keeps one.
+    backup: Option<Backup>,
 }
 
 impl std::fmt::Debug for Core {
@@ -207,7 +227,42 @@ impl Core {
             unsaved_entries: BTreeMap::new(),
             unsaved_welcomes: Vec::new(),
             dirty: false,
+            backup: None,
         }
+    }
+
+    /// Keeps the device's state backed up on the node (encrypted under `key`), so another
+    /// directory can take the device over: log entries are acknowledged only once the state
+    /// they produced is both saved here and backed up there. `uploaded` is what the node
+    /// already holds (entry id → SHA-256 of the sealed value's plaintext), empty for a new
+    /// device.
+    pub fn with_backup(mut self, key: StateKey, uploaded: Uploaded) -> Self {
+        self.backup = Some(Backup {
+            key,
+            uploaded,
+            inflight: HashSet::new(),
+            held: (BTreeMap::new(), Vec::new()),
+        });
+        self.dirty = true;
+        self
+    }
+
+    /// Restores a device from its backup's entries as the node returned them (a directory
+    /// taking the device over); returns it with what the node holds, for [`Self::with_backup`].
+    pub fn restore(
+        key: &StateKey,
+        sealed: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(Device, Uploaded), crate::e2e::E2eError> {
+        let mut entries = Vec::with_capacity(sealed.len());
+        let mut uploaded = HashMap::with_capacity(sealed.len());
+        for (id, value) in sealed {
+            let (k, v) = key.open(&id, &value)?;
+            uploaded.insert(id, value_hash(&k, &v));
+            entries.push((k, v));
+        }
+        let device =
+            Device::from_entries(entries).map_err(|_| crate::e2e::E2eError::CorruptBackup)?;
+        Ok((device, uploaded))
     }
 
     /// This device's user.
@@ -236,16 +291,109 @@ impl Core {
         std::mem::take(&mut self.dirty).then(|| self.device.export())
     }
 
-    /// The state [`Self::poll_save`] gave is durable: acknowledge what produced it.
+    /// The state [`Self::poll_save`] gave is durable here: back it up (if this device keeps
+    /// a backup) and acknowledge what produced it once the backup is stored too.
     pub fn saved(&mut self) {
-        let entries: Vec<(GroupId, u64)> = std::mem::take(&mut self.unsaved_entries)
-            .into_iter()
-            .collect();
+        let entries = std::mem::take(&mut self.unsaved_entries);
         let welcomes = std::mem::take(&mut self.unsaved_welcomes);
-        if !entries.is_empty() || !welcomes.is_empty() {
-            self.transmit
-                .push_back(ClientToNode::AckLog { entries, welcomes });
+        if self.backup.is_none() {
+            self.acknowledge(entries, welcomes);
+            return;
         }
+        let current = self.device.entries();
+        let Some(backup) = &mut self.backup else {
+            return;
+        };
+        for (group, seq) in entries {
+            let held = backup.held.0.entry(group).or_insert(0);
+            *held = (*held).max(seq);
+        }
+        backup.held.1.extend(welcomes);
+        // What changed since the last upload: sealed anew; what is gone: deleted.
+        let mut present = HashSet::with_capacity(current.len());
+        let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut failed = None;
+        for (k, v) in &current {
+            let id = backup.key.id(k);
+            present.insert(id.clone());
+            let hash = value_hash(k, v);
+            if backup.uploaded.get(&id) == Some(&hash) {
+                continue;
+            }
+            match backup.key.seal(k, v) {
+                Ok((id, sealed)) if sealed.len() + id.len() <= MAX_STATE_UPLOAD => {
+                    backup.uploaded.insert(id.clone(), hash);
+                    changes.push((id, Some(sealed)));
+                }
+                Ok(_) => failed = Some("a state entry is too large to back up".to_string()),
+                Err(err) => failed = Some(err.to_string()),
+            }
+        }
+        let gone: Vec<Vec<u8>> = backup
+            .uploaded
+            .keys()
+            .filter(|id| !present.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            backup.uploaded.remove(&id);
+            changes.push((id, None));
+        }
+        if let Some(why) = failed {
+            self.events.push_back(CoreEvent::Failed {
+                group: GroupId([0; 16]),
+                why: format!("the device's backup is incomplete: {why}"),
+            });
+        }
+        // Upload in frames of at most MAX_STATE_UPLOAD bytes.
+        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut bytes = 0;
+        let mut batches = Vec::new();
+        for (id, value) in changes {
+            let size = id.len() + value.as_ref().map_or(0, Vec::len);
+            if bytes + size > MAX_STATE_UPLOAD && !batch.is_empty() {
+                batches.push(std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push((id, value));
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        for entries in batches {
+            let req = self.next_req;
+            if let Some(backup) = &mut self.backup {
+                backup.inflight.insert(req);
+            }
+            self.request(Request::Backup, |req| ClientToNode::PutDeviceState {
+                req,
+                entries,
+            });
+        }
+        self.release_held();
+    }
+
+    /// Acknowledges what the backup covers, once no upload is at the node.
+    fn release_held(&mut self) {
+        let Some(backup) = &mut self.backup else {
+            return;
+        };
+        if !backup.inflight.is_empty() {
+            return;
+        }
+        let (entries, welcomes) = std::mem::take(&mut backup.held);
+        self.acknowledge(entries, welcomes);
+    }
+
+    fn acknowledge(&mut self, entries: BTreeMap<GroupId, u64>, welcomes: Vec<u64>) {
+        if entries.is_empty() && welcomes.is_empty() {
+            return;
+        }
+        self.transmit.push_back(ClientToNode::AckLog {
+            entries: entries.into_iter().collect(),
+            welcomes,
+        });
     }
 
     /// Account keys learned (on first use) since the last call, to pin.
@@ -391,6 +539,23 @@ impl Core {
             _ => None,
         };
         match what {
+            Request::Backup => {
+                if let Some(backup) = &mut self.backup {
+                    backup.inflight.remove(&req);
+                    if refusal.is_some() {
+                        // Send everything again next time: the node's copy is unknown.
+                        backup.uploaded.clear();
+                        self.dirty = true;
+                    }
+                }
+                if let Some((_, why)) = refusal {
+                    self.fail(
+                        GroupId([0; 16]),
+                        format!("the device's backup failed: {why}"),
+                    );
+                }
+                self.release_held();
+            }
             Request::Keys(user) => {
                 self.fetching.remove(&user);
                 if let NodeToClient::Keys { keys, .. } = msg {
@@ -764,6 +929,15 @@ impl Core {
             }
         }
     }
+}
+
+/// What an entry's value was when uploaded (to send only changes).
+fn value_hash(key: &[u8], value: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update((key.len() as u64).to_be_bytes());
+    hash.update(key);
+    hash.update(value);
+    hash.finalize().into()
 }
 
 /// Pinned account keys, minus those whose key changed (refused until accepted).

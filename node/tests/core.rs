@@ -22,8 +22,115 @@ struct Peer {
     core: Core,
 }
 
+/// A connection logged in as `user` with the password.
+async fn login(node: &TestNode, user: &UserName) -> Connection {
+    let conn = node.connect().await;
+    let secrets =
+        quip_cli::e2e::Secrets::derive(user, common::PASSWORD, &node.deployment()).unwrap();
+    let login = conn
+        .request(|req| ClientToNode::Login {
+            req,
+            user: user.clone(),
+            secret: secrets.login().to_vec(),
+        })
+        .await;
+    assert!(
+        matches!(login, Ok(NodeToClient::LoggedIn { .. })),
+        "{login:?}"
+    );
+    conn
+}
+
+fn state_key(node: &TestNode, user: &UserName, device: u64) -> quip_cli::e2e::StateKey {
+    let secrets =
+        quip_cli::e2e::Secrets::derive(user, common::PASSWORD, &node.deployment()).unwrap();
+    quip_cli::e2e::StateKey::new(&secrets, user, DeviceId(device))
+}
+
 impl Peer {
+    /// A new device whose state is backed up on the node.
+    async fn start_backed_up(
+        node: &TestNode,
+        home: &std::path::Path,
+        user: &UserName,
+        id: u64,
+    ) -> Self {
+        Self::start_with(node, home, user, id, Some(state_key(node, user, id))).await
+    }
+
+    /// Another directory logging in as `user`: takes over device `id` (not connected) from
+    /// its backup.
+    async fn take_over(node: &TestNode, home: &std::path::Path, user: &UserName, id: u64) -> Self {
+        let conn = login(node, user).await;
+        let Ok(NodeToClient::Devices { devices, .. }) =
+            conn.request(|req| ClientToNode::ListDevices { req }).await
+        else {
+            panic!("no device list");
+        };
+        let listed = devices
+            .iter()
+            .find(|d| d.device == DeviceId(id))
+            .expect("listed");
+        assert!(listed.backed_up, "{listed:?}");
+        // The old session may still be closing: wait until the device is free.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut sealed = Vec::new();
+        let mut after = None;
+        loop {
+            match conn
+                .request(|req| ClientToNode::GetDeviceState {
+                    req,
+                    device: DeviceId(id),
+                    after: after.clone(),
+                })
+                .await
+            {
+                Ok(NodeToClient::DeviceState { entries, more, .. }) => {
+                    after = entries.last().map(|(k, _)| k.clone());
+                    sealed.extend(entries);
+                    if !more {
+                        break;
+                    }
+                }
+                Err(quip_cli::ConnectError::Refused { code, .. })
+                    if code == quip_proto::ErrorCode::DeviceBusy
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::task::yield_now().await;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let key = state_key(node, user, id);
+        let (device, uploaded) = Core::restore(&key, sealed).expect("the backup opens");
+        let used = conn
+            .request(|req| ClientToNode::UseDevice {
+                req,
+                device: DeviceId(id),
+            })
+            .await;
+        assert!(matches!(used, Ok(NodeToClient::Done { .. })), "{used:?}");
+        let pinned = HashMap::from([(user.clone(), identity_of(home, user).public_keys().signing)]);
+        let mut peer = Self {
+            user: user.clone(),
+            conn,
+            core: Core::new(device, pinned).with_backup(key, uploaded),
+        };
+        peer.flush().await;
+        peer
+    }
+
     async fn start(node: &TestNode, home: &std::path::Path, user: &UserName, id: u64) -> Self {
+        Self::start_with(node, home, user, id, None).await
+    }
+
+    async fn start_with(
+        node: &TestNode,
+        home: &std::path::Path,
+        user: &UserName,
+        id: u64,
+        backup: Option<quip_cli::e2e::StateKey>,
+    ) -> Self {
         let conn = node.connect().await;
         let secrets =
             quip_cli::e2e::Secrets::derive(user, common::PASSWORD, &node.deployment()).unwrap();
@@ -55,6 +162,9 @@ impl Peer {
         );
         let pinned = HashMap::from([(user.clone(), identity.public_keys().signing)]);
         let mut core = Core::new(device, pinned);
+        if let Some(key) = backup {
+            core = core.with_backup(key, HashMap::new());
+        }
         core.publish_key_packages(3);
         let mut peer = Self {
             user: user.clone(),
@@ -241,7 +351,45 @@ async fn a_group_of_three(backend: Backend) {
     }
 }
 
+async fn logging_in_elsewhere_takes_over_an_idle_device_with_everything_sent_meanwhile(
+    backend: Backend,
+) {
+    let Some(node) = TestNode::start(backend).await else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let names = users(&node, home.path(), &["al", "bo"]).await;
+    let mut alice = Peer::start_backed_up(&node, home.path(), &names[0], 1).await;
+    let mut bob = Peer::start(&node, home.path(), &names[1], 1).await;
+    let (group, _) = alice.core.send_direct(&names[1], b"hello".to_vec());
+    alice.sent().await;
+    assert_eq!(bob.message().await.2, "hello");
+    // alice's machine goes away; bob writes meanwhile.
+    drop(alice);
+    for n in 0..3 {
+        bob.core
+            .send(group, format!("while you were away {n}").into_bytes());
+    }
+    bob.flush().await;
+    for _ in 0..3 {
+        bob.sent().await;
+    }
+    // alice logs in from another directory: her device, restored from its backup, gets it all.
+    let mut elsewhere = Peer::take_over(&node, home.path(), &names[0], 1).await;
+    for n in 0..3 {
+        assert_eq!(
+            elsewhere.message().await,
+            (group, names[1].clone(), format!("while you were away {n}"))
+        );
+    }
+    // And the conversation goes on from there.
+    elsewhere.core.send(group, b"back".to_vec());
+    elsewhere.sent().await;
+    assert_eq!(bob.message().await.2, "back");
+}
+
 on_both_backends!(
+    logging_in_elsewhere_takes_over_an_idle_device_with_everything_sent_meanwhile,
     a_one_to_one_chat_starts_from_either_side,
     every_device_of_a_user_gets_every_message,
     both_sides_starting_at_once_end_in_one_chat,

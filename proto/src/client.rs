@@ -304,6 +304,30 @@ pub enum ClientToNode {
         /// Most wanted; the node caps it at [`crate::limits::MAX_LIST_PAGE`].
         limit: u32,
     },
+    /// Writes entries of this session's device's encrypted state backup (`None` deletes):
+    /// what another directory needs to take the device over. At most
+    /// [`crate::limits::MAX_STATE_UPLOAD`] bytes of values per request.
+    PutDeviceState {
+        /// Request id.
+        req: ReqId,
+        /// (entry id, sealed value or `None`).
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
+    /// Reads one page of the state backup of one of the caller's devices that no session is
+    /// using (to take it over).
+    GetDeviceState {
+        /// Request id.
+        req: ReqId,
+        /// The device.
+        device: DeviceId,
+        /// Start after this entry id.
+        #[cfg_attr(
+            test,
+            proptest(strategy = "proptest::option::of(crate::testing::bytes(32))")
+        )]
+        after: Option<Vec<u8>>,
+    },
     /// Acknowledges log entries (every entry of each group up to the seq given) and
     /// Welcomes: they are not delivered to this device again.
     AckLog {
@@ -513,6 +537,18 @@ pub enum NodeToClient {
         #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
         entries: Vec<LogEntry>,
     },
+    /// Answer to `GetDeviceState`: one page of the device's encrypted state.
+    DeviceState {
+        /// Request id.
+        req: ReqId,
+        /// The device.
+        device: DeviceId,
+        /// (entry id, sealed value), by entry id.
+        #[cfg_attr(test, proptest(strategy = "crate::testing::vec_of(2)"))]
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        /// More follow: ask again after the last entry.
+        more: bool,
+    },
     /// This device was added to a group: the Welcome (with the ratchet tree). The group's log
     /// follows from the commit that added it. Acknowledge with `AckLog`.
     Welcome {
@@ -555,7 +591,9 @@ impl ClientToNode {
             | Self::Handshake { req, .. }
             | Self::Post { req, .. }
             | Self::GroupState { req, .. }
-            | Self::ListMlsGroups { req, .. } => Some(*req),
+            | Self::ListMlsGroups { req, .. }
+            | Self::PutDeviceState { req, .. }
+            | Self::GetDeviceState { req, .. } => Some(*req),
             Self::Ack { .. } | Self::AckLog { .. } => None,
         }
     }
@@ -590,6 +628,8 @@ impl ClientToNode {
             Self::GroupState { .. } => "GroupState",
             Self::ListMlsGroups { .. } => "ListMlsGroups",
             Self::AckLog { .. } => "AckLog",
+            Self::PutDeviceState { .. } => "PutDeviceState",
+            Self::GetDeviceState { .. } => "GetDeviceState",
         }
     }
 }
@@ -610,7 +650,8 @@ impl NodeToClient {
             | Self::KeyPackages { req, .. }
             | Self::Appended { req, .. }
             | Self::GroupState { req, .. }
-            | Self::MlsGroups { req, .. } => Some(*req),
+            | Self::MlsGroups { req, .. }
+            | Self::DeviceState { req, .. } => Some(*req),
             Self::Error { req, .. } => *req,
             Self::Deliver(_)
             | Self::Presence(_)
@@ -646,6 +687,7 @@ impl NodeToClient {
             Self::MlsGroups { .. } => "MlsGroups",
             Self::Log { .. } => "Log",
             Self::Welcome { .. } => "Welcome",
+            Self::DeviceState { .. } => "DeviceState",
         }
     }
 }

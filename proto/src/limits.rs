@@ -51,6 +51,10 @@ pub const MAX_KEY_PACKAGE_UPLOAD: usize = 32;
 pub const MAX_DEVICES: usize = 16;
 /// Most bytes of a ratchet tree in one `GroupState` answer (the rest in further pages).
 pub const MAX_TREE_PAGE: usize = MAX_FRAME / 2;
+/// Most bytes of values in one `PutDeviceState` or `DeviceState` (each value fits too).
+pub const MAX_STATE_UPLOAD: usize = MAX_FRAME / 2;
+/// Longest id of a device-state entry.
+pub const MAX_STATE_ID: usize = 64;
 /// Most entries of a group's log in one delivery.
 pub const MAX_LOG_BATCH: usize = 256;
 

@@ -282,6 +282,15 @@ fn client_to_node() -> Vec<ClientToNode> {
             entries: vec![(GroupId([0x33; 16]), 12)],
             welcomes: vec![3],
         },
+        PutDeviceState {
+            req: 26,
+            entries: vec![(vec![0xe1; 4], Some(vec![0x5a; 4])), (vec![0xe2; 4], None)],
+        },
+        GetDeviceState {
+            req: 27,
+            device: DeviceId(7),
+            after: Some(vec![0xe1; 4]),
+        },
     ]
 }
 
@@ -422,6 +431,12 @@ fn node_to_client() -> Vec<NodeToClient> {
             id: 3,
             group: GroupId([0x33; 16]),
             body: vec![0x77; 4],
+        },
+        DeviceState {
+            req: 27,
+            device: DeviceId(7),
+            entries: vec![(vec![0xe1; 4], vec![0x5a; 4])],
+            more: false,
         },
     ]
 }

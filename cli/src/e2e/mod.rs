@@ -45,6 +45,7 @@ mod pins;
 mod seal;
 mod secrets;
 mod seen;
+mod state;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -61,3 +62,4 @@ pub use secrets::{
     Deployment, KDF_PARAMS, KdfParams, MAX_PASSWORD, MIN_PASSWORD_SCORE, Secrets, check_strength,
 };
 pub use seen::{DEFAULT_SEEN_CAPACITY, MAX_SEEN_CAPACITY, SEEN_FILE, SeenIds};
+pub use state::StateKey;

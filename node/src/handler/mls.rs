@@ -850,3 +850,89 @@ pub(crate) async fn ack_log<S: Storage>(
     }
     Ok(())
 }
+
+/// Stores entries of this session's device's (client-encrypted) state backup.
+pub(crate) async fn put_device_state<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), Refusal> {
+    use quip_proto::limits::{MAX_STATE_ID, MAX_STATE_UPLOAD};
+    let me = session.device()?;
+    let bytes: usize = entries
+        .iter()
+        .map(|(id, value)| id.len() + value.as_ref().map_or(0, Vec::len))
+        .sum();
+    if bytes > MAX_STATE_UPLOAD || entries.iter().any(|(id, _)| id.len() > MAX_STATE_ID) {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_STATE_UPLOAD} bytes of state per request"),
+        ));
+    }
+    session
+        .node
+        .storage
+        .put_device_state(&me.user, me.device, &entries)
+        .await
+        .map_err(|err| match err {
+            StorageError::TooLarge { .. } => Refusal::new(ErrorCode::TooLarge, err.to_string()),
+            other => Refusal::internal(other),
+        })?;
+    session.send(&NodeToClient::Done { req }).await;
+    Ok(())
+}
+
+/// One page of the state backup of a device of the caller's that nobody is using.
+pub(crate) async fn get_device_state<S: Storage>(
+    session: &Session<S>,
+    req: ReqId,
+    device: DeviceId,
+    after: Option<Vec<u8>>,
+) -> Result<(), Refusal> {
+    use quip_proto::limits::MAX_STATE_UPLOAD;
+    let user = session.user()?.clone();
+    let mut busy = false;
+    session.node.registry.with_sessions(&user, |s| {
+        busy |= s.conn_id != session.conn_id && s.device.get() == Some(&device);
+    });
+    if busy {
+        return Err(Refusal::new(
+            ErrorCode::DeviceBusy,
+            format!("device {device} is in use: it cannot be taken over now"),
+        ));
+    }
+    let page = session
+        .node
+        .storage
+        .device_state(&user, device, after.as_deref(), 256)
+        .await
+        .map_err(|err| match err {
+            StorageError::NotFound { .. } => Refusal::new(
+                ErrorCode::UnknownDevice,
+                format!("{user} has no device {device}"),
+            ),
+            other => Refusal::internal(other),
+        })?;
+    // Fit the answer in a frame: stop before the entry that would overflow (the first one
+    // always fits: uploads are bounded the same way).
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    let total = page.items.len();
+    for (id, value) in page.items {
+        bytes += id.len() + value.len();
+        if !entries.is_empty() && bytes > MAX_STATE_UPLOAD {
+            break;
+        }
+        entries.push((id, value));
+    }
+    let more = page.more || entries.len() < total;
+    session
+        .send(&NodeToClient::DeviceState {
+            req,
+            device,
+            entries,
+            more,
+        })
+        .await;
+    Ok(())
+}

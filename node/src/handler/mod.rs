@@ -105,5 +105,9 @@ pub(crate) async fn dispatch<S: Storage>(
             blob,
         } => mls::post(session, req, group, id, message, blob).await,
         AckLog { entries, welcomes } => mls::ack_log(session, entries, welcomes).await,
+        PutDeviceState { req, entries } => mls::put_device_state(session, req, entries).await,
+        GetDeviceState { req, device, after } => {
+            mls::get_device_state(session, req, device, after).await
+        }
     }
 }

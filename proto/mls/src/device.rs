@@ -133,6 +133,10 @@ pub struct Device {
     staged: BTreeMap<[u8; 32], StagedWelcome>,
 }
 
+/// The key of the entry that names the device and its groups (openmls's own keys never
+/// start with a zero byte followed by this label).
+pub const META_ENTRY: &[u8] = b"\0quip/2 device";
+
 /// Welcomes kept staged while their members' keys are fetched.
 const MAX_STAGED: usize = 64;
 
@@ -627,33 +631,53 @@ impl Device {
         self.groups.contains_key(group)
     }
 
-    /// The device's whole state (keys and groups) as bytes: what its encrypted backup holds.
-    pub fn export(&self) -> Vec<u8> {
+    /// The device's whole state (keys and groups) as entries: the openmls store's, and one
+    /// [`META_ENTRY`] naming the device and its groups. What its encrypted backup holds, entry
+    /// by entry, so a change re-sends only the entries that changed.
+    pub fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let values = self.provider.storage.values.read().expect("storage lock");
-        let entries: Vec<(&Vec<u8>, &Vec<u8>)> = values.iter().collect();
         let groups: Vec<&GroupId> = self.groups.keys().collect();
-        postcard::to_stdvec(&(
+        let meta = postcard::to_stdvec(&(
             &self.me.user,
             self.me.device,
             self.signer.public(),
             &self.credential.credential.serialized_content(),
             groups,
-            entries,
         ))
-        .expect("state always encodes")
+        .expect("state always encodes");
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> =
+            values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        out.push((META_ENTRY.to_vec(), meta));
+        out
+    }
+
+    /// The device's whole state as one value ([`Self::entries`], encoded).
+    pub fn export(&self) -> Vec<u8> {
+        postcard::to_stdvec(&self.entries()).expect("state always encodes")
     }
 
     /// Restores a device from [`Self::export`]ed bytes.
     pub fn restore(bytes: &[u8]) -> Result<Self, Refusal> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> =
+            postcard::from_bytes(bytes).map_err(Refusal::malformed)?;
+        Self::from_entries(entries)
+    }
+
+    /// Restores a device from its [`Self::entries`] (a backup, read back).
+    pub fn from_entries(mut entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, Refusal> {
+        let at = entries
+            .iter()
+            .position(|(k, _)| k == META_ENTRY)
+            .ok_or_else(|| Refusal::Malformed("the state names no device".into()))?;
+        let (_, meta) = entries.swap_remove(at);
         #[allow(clippy::type_complexity)]
-        let (user, device, public, identity, groups, entries): (
+        let (user, device, public, identity, groups): (
             UserName,
             DeviceId,
             Vec<u8>,
             Vec<u8>,
             Vec<GroupId>,
-            Vec<(Vec<u8>, Vec<u8>)>,
-        ) = postcard::from_bytes(bytes).map_err(Refusal::malformed)?;
+        ) = postcard::from_bytes(&meta).map_err(Refusal::malformed)?;
         let provider = Provider::default();
         provider
             .storage
