@@ -113,6 +113,15 @@ pub(crate) enum Notice {
         seq: u64,
         frame: Bytes,
     },
+    /// The entry (a commit) that removed this device from `group`: the last of the group it
+    /// gets. Storage no longer keeps a cursor for the device there, so a read of storage
+    /// would find nothing: what this session has not sent of the group up to this entry goes
+    /// now, from the log.
+    Removal {
+        group: GroupId,
+        seq: u64,
+        frame: Bytes,
+    },
     /// A Welcome for this device, or anything else: read storage.
     Check,
 }
@@ -218,7 +227,7 @@ async fn run_pump<S: Storage>(
                     None => catch_up = true,
                     // A gap: read storage.
                     Some(_) => {
-                        if deliver_group(&node, &outbox, &mut sent, group, seq)
+                        if deliver_group(&node, &outbox, &mut sent, group, seq, None)
                             .await
                             .is_err()
                         {
@@ -227,6 +236,30 @@ async fn run_pump<S: Storage>(
                     }
                 }
             }
+            Notice::Removal { group, seq, frame } => match sent.get(&group).copied() {
+                Some(last) if seq <= last => {
+                    sent.remove(&group);
+                }
+                // A gap: the entries before, then this one, and nothing after it.
+                Some(last) if seq > last + 1 => {
+                    if deliver_group(&node, &outbox, &mut sent, group, seq, Some(seq))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent.remove(&group);
+                }
+                // It follows what was sent, or this session never had to send anything of the
+                // group (the device had acknowledged all of it, or only its own entries
+                // followed, which a sender is not pushed).
+                _ => {
+                    sent.remove(&group);
+                    if outbox.send(Outgoing::Frame(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            },
             Notice::Check => catch_up = true,
         }
     }
@@ -298,7 +331,7 @@ async fn deliver_unread<S: Storage>(
                 .unwrap_or(0)
                 .max(unread.delivered);
             sent.insert(unread.group, from);
-            deliver_group(node, outbox, sent, unread.group, unread.last_seq).await?;
+            deliver_group(node, outbox, sent, unread.group, unread.last_seq, None).await?;
         }
         if !page.more {
             return Ok(());
@@ -307,13 +340,15 @@ async fn deliver_unread<S: Storage>(
     }
 }
 
-/// Entries of `group` after what was sent, up to `upto` (at least), in pages.
+/// Entries of `group` after what was sent, up to `upto` (at least; exactly with `cap`), in
+/// pages.
 async fn deliver_group<S: Storage>(
     node: &Node<S>,
     outbox: &Outbox,
     sent: &mut HashMap<GroupId, u64>,
     group: GroupId,
     upto: u64,
+    cap: Option<u64>,
 ) -> Result<(), Gone> {
     let Some(&start) = sent.get(&group) else {
         return Ok(());
@@ -332,6 +367,10 @@ async fn deliver_group<S: Storage>(
                 tracing::error!(error = %err, %group, "cannot read a group's log");
                 return Ok(());
             }
+        };
+        let entries: Vec<MlsLogEntry> = match cap {
+            Some(cap) => entries.into_iter().filter(|e| e.seq <= cap).collect(),
+            None => entries,
         };
         let Some(last) = entries.last().map(|e| e.seq) else {
             break;

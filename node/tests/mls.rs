@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::mls::{Keys, Person, Session};
 use common::{Backend, TestNode, identity_of, unique};
 use quip_cli::{Client, ConnectError};
 use quip_mls::device::Device;
@@ -300,156 +301,29 @@ on_both_backends!(
     a_group_talks_through_its_log_in_order_and_strangers_are_refused,
 );
 
-/// A device's own connection, logged in with the user's password (no RSA-era client on it),
-/// so the test reads every push.
-struct Session {
-    conn: quip_cli::Connection,
-    device: Device,
-}
-
-impl Session {
-    async fn open(node: &TestNode, home: &std::path::Path, user: &UserName, id: u64) -> Self {
-        let conn = node.connect().await;
-        let secrets =
-            quip_cli::e2e::Secrets::derive(user, common::PASSWORD, &node.deployment()).unwrap();
-        let login = conn
-            .request(|req| ClientToNode::Login {
-                req,
-                user: user.clone(),
-                secret: secrets.login().to_vec(),
-            })
-            .await;
-        assert!(
-            matches!(login, Ok(NodeToClient::LoggedIn { .. })),
-            "{login:?}"
-        );
-        let device = identity_of(home, user)
-            .enroll_device(user.clone(), DeviceId(id))
-            .unwrap();
-        let (credential, signature_key) = device.enrollment();
-        let enrolled = conn
-            .request(|req| ClientToNode::EnrollDevice {
-                req,
-                device: DeviceId(id),
-                credential,
-                signature_key,
-            })
-            .await;
-        assert!(
-            matches!(enrolled, Ok(NodeToClient::Done { .. })),
-            "{enrolled:?}"
-        );
-        Self { conn, device }
-    }
-
-    async fn ask(
-        &self,
-        build: impl FnOnce(u32) -> ClientToNode,
-    ) -> Result<NodeToClient, (ErrorCode, String)> {
-        match self.conn.request(build).await {
-            Ok(answer) => Ok(answer),
-            Err(ConnectError::Refused { code, message, .. }) => Err((code, message)),
-            Err(other) => panic!("connection failed: {other}"),
-        }
-    }
-
-    async fn next_event(&mut self) -> quip_cli::connection::Event {
-        tokio::time::timeout(std::time::Duration::from_secs(10), self.conn.next_event())
-            .await
-            .expect("a push within 10 s")
-            .expect("connection open")
-    }
-
-    /// The next log entries pushed for `group`.
-    async fn log(&mut self, group: GroupId) -> Vec<quip_proto::mls::LogEntry> {
-        loop {
-            if let quip_cli::connection::Event::Mls(NodeToClient::Log { group: g, entries }) =
-                self.next_event().await
-                && g == group
-            {
-                return entries;
-            }
-        }
-    }
-
-    async fn welcome(&mut self) -> (u64, GroupId, Vec<u8>) {
-        loop {
-            if let quip_cli::connection::Event::Mls(NodeToClient::Welcome { id, group, body }) =
-                self.next_event().await
-            {
-                return (id, group, body);
-            }
-        }
-    }
-}
-
 async fn a_group_talks_through_its_log_in_order_and_strangers_are_refused(backend: Backend) {
     let Some(node) = TestNode::start(backend).await else {
         return;
     };
     let home = tempfile::tempdir().unwrap();
-    let (alice_name, bob_name, eve_name) = (unique("al"), unique("bo"), unique("ev"));
-    for user in [&alice_name, &bob_name, &eve_name] {
-        drop(node.signup(user, home.path()).await);
-    }
-    let mut alice = Session::open(&node, home.path(), &alice_name, 1).await;
-    let mut bob = Session::open(&node, home.path(), &bob_name, 1).await;
-    let mut eve = Session::open(&node, home.path(), &eve_name, 1).await;
-    let keys = |user: &UserName| Some(identity_of(home.path(), user).public_keys().signing);
+    let a = Person::signup(&node, home.path(), "al").await;
+    let b = Person::signup(&node, home.path(), "bo").await;
+    let e = Person::signup(&node, home.path(), "ev").await;
+    let keys = Keys::of(&[&a, &b, &e]);
+    let mut alice = Session::open(&node, &a, 1).await;
+    let mut bob = Session::open(&node, &b, 1).await;
+    let mut eve = Session::open(&node, &e, 1).await;
 
     // bob publishes a key package; alice creates a group and adds him.
-    let packages = bob
+    assert!(bob.publish(1, false).await.is_ok());
+    let id = alice.create("plans").await;
+    let data = alice.claim(&b.user).await;
+    let checked = alice
         .device
-        .key_packages(1, false)
-        .unwrap()
-        .into_iter()
-        .map(|(reference, data)| KeyPackageUpload {
-            reference,
-            data,
-            last_resort: false,
-        })
-        .collect();
-    assert!(
-        bob.ask(|req| ClientToNode::PublishKeyPackages { req, packages })
-            .await
-            .is_ok()
-    );
-    let id = GroupId(common::fresh_id());
-    let policy = GroupPolicy::new(GroupName::new("plans").unwrap(), vec![alice_name.clone()]);
-    let created = alice.device.create_group(id, &policy).unwrap();
-    assert!(
-        alice
-            .ask(|req| ClientToNode::CreateMlsGroup {
-                req,
-                group: id,
-                group_info: created.group_info,
-                ratchet_tree: created.ratchet_tree,
-            })
-            .await
-            .is_ok()
-    );
-    let Ok(NodeToClient::KeyPackages { packages, .. }) = alice
-        .ask(|req| ClientToNode::ClaimKeyPackages {
-            req,
-            user: bob_name.clone(),
-        })
-        .await
-    else {
-        panic!("no key packages");
-    };
-    let data: Vec<Vec<u8>> = packages.into_iter().map(|p| p.data).collect();
-    let checked = alice.device.check_key_packages(&data, keys).unwrap();
+        .check_key_packages(&data, keys.pinned())
+        .unwrap();
     let out = alice.device.add(&id, checked).unwrap();
-    let added = alice
-        .ask(|req| ClientToNode::Handshake {
-            req,
-            group: id,
-            id: quip_proto::ids::MsgId(common::fresh_id()),
-            message: out.commit.clone(),
-            group_info: Some(out.group_info.clone()),
-            welcome: out.welcome.clone(),
-        })
-        .await;
+    let added = alice.commit(id, &out).await;
     assert!(
         matches!(
             added,
@@ -465,75 +339,29 @@ async fn a_group_talks_through_its_log_in_order_and_strangers_are_refused(backen
     alice.device.confirm(&id).unwrap();
 
     // bob's device is welcomed and joins.
-    let (welcome_id, group, body) = bob.welcome().await;
-    assert_eq!(group, id);
-    assert_eq!(bob.device.join(&body, keys).unwrap(), Ok(id));
-    bob.conn
-        .send(&ClientToNode::AckLog {
-            entries: Vec::new(),
-            welcomes: vec![welcome_id],
-        })
-        .await
-        .unwrap();
+    assert_eq!(bob.join(keys.pinned()).await, id);
 
     // Messages arrive in the order the node took them, each once.
     for n in 0..5u8 {
-        let m = alice.device.encrypt(&id, &[b'0' + n]).unwrap();
-        let posted = alice
-            .ask(|req| ClientToNode::Post {
-                req,
-                group: id,
-                id: quip_proto::ids::MsgId(common::fresh_id()),
-                message: m,
-                blob: None,
-            })
-            .await;
-        assert!(
-            matches!(posted, Ok(NodeToClient::Appended { .. })),
-            "{posted:?}"
-        );
+        alice.say(id, &[b'0' + n]).await;
     }
     let mut seqs = Vec::new();
-    while seqs.len() < 5 {
-        for entry in bob.log(id).await {
-            seqs.push(entry.seq);
-            assert_eq!((&entry.sender, entry.device), (&alice_name, DeviceId(1)));
-            match bob.device.receive(&entry.body, keys).unwrap() {
-                quip_mls::device::Received::Message { bytes, .. } => {
-                    assert_eq!(bytes, [b'0' + seqs.len() as u8 - 1]);
-                }
-                other => panic!("{other:?}"),
+    for (entry, received) in bob.read(id, 5, keys.pinned()).await {
+        seqs.push(entry.seq);
+        assert_eq!((&entry.sender, entry.device), (&a.user, DeviceId(1)));
+        match received {
+            quip_mls::device::Received::Message { bytes, .. } => {
+                assert_eq!(bytes, [b'0' + seqs.len() as u8 - 1]);
             }
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(seqs, [2, 3, 4, 5, 6]);
-    bob.conn
-        .send(&ClientToNode::AckLog {
-            entries: vec![(id, 6)],
-            welcomes: Vec::new(),
-        })
-        .await
-        .unwrap();
+    bob.ack(id, 6).await;
 
-    // A second session of bob's on the same device (after the first is gone) gets nothing
-    // again: everything was acknowledged.
-
-    // eve is not a member: her post is refused, even naming the right epoch.
-    let mut eves = eve.device;
-    let other = GroupId(common::fresh_id());
-    let lookalike = GroupPolicy::new(GroupName::new("x").unwrap(), vec![eve_name.clone()]);
-    eves.create_group(id, &lookalike).unwrap();
-    let forged = eves.encrypt(&id, b"hi").unwrap();
-    eve.device = eves;
-    let refused = eve
-        .ask(|req| ClientToNode::Post {
-            req,
-            group: id,
-            id: quip_proto::ids::MsgId(common::fresh_id()),
-            message: forged,
-            blob: None,
-        })
-        .await;
-    assert!(refused.is_err(), "{refused:?}");
-    let _ = other;
+    // eve is not a member: her post is refused (`mls_attacks` tries harder).
+    let lookalike = GroupPolicy::new(GroupName::new("x").unwrap(), vec![e.user.clone()]);
+    eve.device.create_group(id, &lookalike).unwrap();
+    let forged = eve.device.encrypt(&id, b"hi").unwrap();
+    assert!(eve.post_raw(id, forged).await.is_err());
 }

@@ -764,10 +764,15 @@ async fn answer<S: Storage>(
             .iter()
             .map(|d| (d.user.clone(), d.device))
             .collect();
-        if let Some(change) = &entry.change {
-            // A removed device hears the commit that removed it, if it is connected.
-            recipients.extend(change.removed.iter().cloned());
-        }
+        // A removed device hears the commit that removed it, if it is connected to this node.
+        // (One connected elsewhere does not: the master's news does not say who was removed,
+        // and storage no longer has a cursor of the device for that node's pump to read.)
+        let removed: Vec<(UserName, DeviceId)> = entry
+            .change
+            .as_ref()
+            .map(|change| change.removed.clone())
+            .unwrap_or_default();
+        recipients.extend(removed.iter().cloned());
         let mut elsewhere: Vec<UserName> = Vec::new();
         {
             let remote = session
@@ -795,16 +800,13 @@ async fn answer<S: Storage>(
             if user == me.0 && device == me.1 {
                 continue;
             }
-            notify(
-                &session.node,
-                &user,
-                device,
-                Notice::Entry {
-                    group,
-                    seq,
-                    frame: frame.clone(),
-                },
-            );
+            let frame = frame.clone();
+            let notice = if removed.contains(&(user.clone(), device)) {
+                Notice::Removal { group, seq, frame }
+            } else {
+                Notice::Entry { group, seq, frame }
+            };
+            notify(&session.node, &user, device, notice);
         }
     }
     Ok(())

@@ -13,6 +13,8 @@ use quip_quic::Trust;
 use quip_storage::Store;
 use tempfile::TempDir;
 
+pub mod mls;
+
 /// Key size for test users: the minimum allowed, to keep key generation quick.
 pub const TEST_BITS: usize = 2048;
 pub const PASSWORD: &str = "correct horse battery staple";
