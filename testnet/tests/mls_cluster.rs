@@ -141,7 +141,7 @@ impl Member {
     async fn entry(&mut self, group: GroupId) -> LogEntry {
         loop {
             while self.pending.is_empty() {
-                if let Event::Log { group: g, entries } = self.next_event().await
+                if let Event::Mls(NodeToClient::Log { group: g, entries }) = self.next_event().await
                     && g == group
                 {
                     for entry in entries {
@@ -292,7 +292,7 @@ async fn a_group_log_crosses_nodes_in_order(database_url: Option<String>) {
 
     // bob's Welcome reaches him on node 1.
     let (welcome, body) = loop {
-        if let Event::Welcome { id, group: g, body } = bob.next_event().await {
+        if let Event::Mls(NodeToClient::Welcome { id, group: g, body }) = bob.next_event().await {
             assert_eq!(g, group);
             break (id, body);
         }

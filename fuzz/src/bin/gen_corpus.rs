@@ -275,11 +275,62 @@ fn cheap_pem(key: &rsa::PrivateKey, password: &[u8]) -> String {
         .to_string()
 }
 
+/// Real MLS bytes for the `mls` target, each behind its mode byte: a commit adding a device
+/// and an application message of a group with the fuzz world's id (another tree, so the
+/// reader gets as far as the signature), a key package, a public state.
+fn mls_seeds(corpus: &Corpus) {
+    use quip_mls::ds::PublicState;
+    use quip_mls::policy::GroupPolicy;
+    use quip_proto::ids::{DeviceId, GroupId, GroupName};
+    let user = quip_fuzz::user();
+    let identity =
+        quip_cli::e2e::Identity::generate(quip_cli::e2e::MIN_KEY_BITS).expect("identity");
+    let mut alice = identity
+        .enroll_device(user.clone(), DeviceId(1))
+        .expect("device");
+    let bob = identity
+        .enroll_device(user.clone(), DeviceId(2))
+        .expect("device");
+    let group = GroupId([7; 16]);
+    let policy = GroupPolicy::new(GroupName::new("seed").expect("name"), vec![user.clone()]);
+    let created = alice.create_group(group, &policy).expect("group");
+    let key = identity.public_keys().signing;
+    let (state, _) = PublicState::create(
+        &group,
+        &created.group_info,
+        &created.ratchet_tree,
+        alice.me(),
+        &key,
+    )
+    .expect("state");
+    let package = bob.key_packages(1, false).expect("package").remove(0).1;
+    let keys = |_: &UserName| Some(key.clone());
+    let checked = alice
+        .check_key_packages(std::slice::from_ref(&package), keys)
+        .expect("checked");
+    let out = alice.add(&group, checked).expect("add");
+    let message = alice.encrypt(&group, b"seed").unwrap_or_default();
+    corpus.put("mls", "commit", &[&[0][..], &out.commit].concat());
+    corpus.put("mls", "key-package", &[&[1][..], &package].concat());
+    corpus.put(
+        "mls",
+        "public-state",
+        &[&[2][..], &state.to_bytes()].concat(),
+    );
+    corpus.put(
+        "mls",
+        "welcome",
+        &[&[3][..], &out.welcome.unwrap_or_default()].concat(),
+    );
+    corpus.put("mls", "message", &[&[3][..], &message].concat());
+}
+
 fn main() {
     let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let corpus = Corpus {
         root: fuzz.join("corpus"),
     };
+    mls_seeds(&corpus);
 
     // frame: [type, piece size, stream...]
     for (label, kind, bytes) in snapshot_frames(&fuzz.join("../proto/src/snapshots")) {

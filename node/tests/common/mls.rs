@@ -167,7 +167,7 @@ impl Session {
     /// The next log entries pushed for `group`.
     pub async fn log(&mut self, group: GroupId) -> Vec<LogEntry> {
         loop {
-            if let Event::Log { group: g, entries } = self.next_event().await
+            if let Event::Mls(NodeToClient::Log { group: g, entries }) = self.next_event().await
                 && g == group
             {
                 return entries;
@@ -238,7 +238,7 @@ impl Session {
     /// The next Welcome pushed: its id, group and body.
     pub async fn welcome(&mut self) -> (u64, GroupId, Vec<u8>) {
         loop {
-            if let Event::Welcome { id, group, body } = self.next_event().await {
+            if let Event::Mls(NodeToClient::Welcome { id, group, body }) = self.next_event().await {
                 return (id, group, body);
             }
         }

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::ds_store::DsStore;
 use openmls::messages::group_info::VerifiableGroupInfo;
 use openmls::prelude::tls_codec::{DeserializeBytes, Serialize as _};
 use openmls::prelude::{
@@ -18,14 +19,13 @@ use openmls::prelude::{
     OpenMlsSignaturePublicKey, ProcessedMessageContent, Proposal, ProposalStore, ProtocolMessage,
     PublicGroup, QueuedProposal, RatchetTreeIn, Sender, SignatureScheme, StagedCommit, Verifiable,
 };
-use openmls_memory_storage::MemoryStorage;
 use quip_proto::ids::{GroupId, UserName};
 
 use crate::policy::{CommitSummary, Committer, Device, GroupPolicy, ONLY_ADMIN};
 use crate::{CIPHERSUITE, MAX_MESSAGE, Refusal, VerifyOnly};
 
-/// One entry of an openmls store: key, value.
-type Entry = (Vec<u8>, Vec<u8>);
+/// One record of the delivery service's store: kind, key, value.
+type Record = (u8, Vec<u8>, Vec<u8>);
 
 /// Largest serialized public state accepted back from storage.
 pub const MAX_STATE: usize = 8 * 1024 * 1024;
@@ -34,7 +34,7 @@ pub const MAX_STATE: usize = 8 * 1024 * 1024;
 #[derive(Debug)]
 pub struct PublicState {
     group: PublicGroup,
-    storage: MemoryStorage,
+    storage: DsStore,
     group_info: Vec<u8>,
 }
 
@@ -127,7 +127,7 @@ impl PublicState {
             return Err(Refusal::Invalid("a new group starts at epoch 0".into()));
         }
         let tree = read_exact::<RatchetTreeIn>(ratchet_tree)?;
-        let storage = MemoryStorage::default();
+        let storage = DsStore::default();
         let (group, _) =
             PublicGroup::from_external(&VerifyOnly, &storage, tree, info, ProposalStore::new())
                 .map_err(Refusal::invalid)?;
@@ -379,9 +379,8 @@ impl PublicState {
 
     /// The state as bytes, for storage.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let values = self.storage.values.read().expect("storage lock");
-        let entries: Vec<(&Vec<u8>, &Vec<u8>)> = values.iter().collect();
-        postcard::to_stdvec(&(entries, &self.group_info)).expect("state always encodes")
+        postcard::to_stdvec(&(self.storage.records(), &self.group_info))
+            .expect("state always encodes")
     }
 
     /// Reads a state [`Self::to_bytes`] wrote. Storage is trusted no more than the network:
@@ -392,14 +391,9 @@ impl PublicState {
                 "the stored group state is too large".into(),
             ));
         }
-        let (entries, group_info): (Vec<Entry>, Vec<u8>) =
+        let (records, group_info): (Vec<Record>, Vec<u8>) =
             postcard::from_bytes(bytes).map_err(Refusal::malformed)?;
-        let storage = MemoryStorage::default();
-        storage
-            .values
-            .write()
-            .expect("storage lock")
-            .extend(entries);
+        let storage = DsStore::from_records(records);
         let id = openmls::prelude::GroupId::from_slice(&group_id.0);
         let group = PublicGroup::load(&storage, &id)
             .map_err(Refusal::malformed)?

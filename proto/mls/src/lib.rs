@@ -14,6 +14,7 @@
 pub mod account;
 pub mod credential;
 pub mod ds;
+mod ds_store;
 mod error;
 pub mod policy;
 mod verify_only;

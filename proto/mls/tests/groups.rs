@@ -371,3 +371,33 @@ fn states_survive_a_round_trip_and_a_corrupt_one_is_an_error() {
     let exported = bob1.export();
     assert!(Device::restore(&exported[..exported.len() / 2]).is_err());
 }
+
+#[test]
+fn a_stored_state_an_operator_edited_is_an_error_not_a_panic() {
+    let (ds, ..) = four();
+    let bytes = ds.state.to_bytes();
+    type Record = (u8, Vec<u8>, Vec<u8>);
+    let (records, info): (Vec<Record>, Vec<u8>) = postcard::from_bytes(&bytes).unwrap();
+    for victim in 0..records.len() {
+        for garbage in [&b"{"[..], b"[]", b"null", b"\"\"", b"[1,2,3]"] {
+            let mut edited = records.clone();
+            edited[victim].2 = garbage.to_vec();
+            let edited = postcard::to_stdvec(&(edited, &info)).unwrap();
+            // Never a panic; what does not decode is an error; what decodes but is not the
+            // group's state fails the checks that use it.
+            let loaded = quip_mls::ds::PublicState::from_bytes(&ds.id, &edited);
+            if garbage == b"{" {
+                assert!(loaded.is_err(), "record {victim}: broken JSON accepted");
+            }
+            if let Ok(state) = loaded {
+                let _ = state.read(
+                    &[0; 64],
+                    &quip_mls::policy::Device {
+                        user: account("alice").user.clone(),
+                        device: quip_proto::ids::DeviceId(1),
+                    },
+                );
+            }
+        }
+    }
+}
