@@ -79,17 +79,16 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
             .vs(bare.rate * quip.frame as f64 / 1e6),
         ];
         report.rows.extend(rows);
-        let how = if quip.through_node {
-            "registered through the node (CreateMlsGroup, Handshake)".to_string()
-        } else {
-            format!(
+        let how = match quip.too_large {
+            None => "registered through the node (CreateMlsGroup, Handshake)".to_string(),
+            Some((devices, frame)) => format!(
                 "written straight to storage (create_mls_group, append_mls, with the state \
-                 quip_mls's delivery service computed): a commit adding {BATCH} devices \
-                 needs a {} B Handshake frame (its group info and Welcome each carry the \
-                 ratchet tree), over the {} B frame limit, so the node cannot be asked",
-                quip.largest,
+                 quip_mls's delivery service computed): the commit adding {BATCH} devices to \
+                 {devices} needs a {frame} B Handshake frame (its group info and Welcome each \
+                 carry the ratchet tree), over the {} B frame limit, so the node cannot be \
+                 asked",
                 quip_proto::limits::MAX_FRAME
-            )
+            ),
         };
         report.notes.push(format!(
             "{case}: {messages} messages; group {how}; setup and every member's drain took \
@@ -141,10 +140,9 @@ struct FanOut {
     cpu_us: f64,
     /// Building the group, registering it and draining every member.
     setup: Duration,
-    /// Whether the group was registered through the node (else straight in storage).
-    through_node: bool,
-    /// The largest `Handshake` frame a commit of the setup needed, bytes.
-    largest: usize,
+    /// When the group was registered straight in storage: the group's size before the first
+    /// commit whose `Handshake` frame would not fit, and that frame's size.
+    too_large: Option<(usize, usize)>,
 }
 
 /// Arrivals per log seq: how many members have it, and when the last one got it.
@@ -224,8 +222,13 @@ async fn fan_out(
         )
         .await?,
     )?;
-    let largest = built.commits.iter().map(|c| c.frame).max().unwrap_or(0);
-    let through_node = largest <= quip_proto::limits::MAX_FRAME;
+    // The first commit too large for a frame: (devices before it, its frame).
+    let too_large = built
+        .commits
+        .iter()
+        .position(|c| c.frame > quip_proto::limits::MAX_FRAME)
+        .map(|i| (1 + i * BATCH, built.commits[i].frame));
+    let through_node = too_large.is_none();
     if through_node {
         register_through_node(&mut sender, group, built).await?;
     } else {
@@ -364,8 +367,7 @@ async fn fan_out(
         append,
         cpu_us: cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
         setup,
-        through_node,
-        largest,
+        too_large,
     })
 }
 
