@@ -26,8 +26,8 @@ enum Command {
     Drill(DrillArgs),
     /// Runs a benchmark scenario against an in-process node, with its bare-QUIC baseline.
     Bench {
-        /// The scenario: image, group, dm, login, drain, idle, hostile, poison, crypto, mls,
-        /// or all.
+        /// The scenario: image, group, fanout (an MLS group's messages through a node), dm,
+        /// login, drain, idle, hostile, poison, crypto, mls, or all.
         scenario: String,
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -38,20 +38,32 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     tokio::task::spawn_blocking(move || measure(quick)).await?
 }
 
-struct Keys {
+/// One RSA-3072 account key every bench user shares.
+pub(crate) struct Keys {
     key: rsa::PrivateKey,
-    spki: Vec<u8>,
+    pub(crate) spki: Vec<u8>,
 }
 
 impl Keys {
-    fn device(&self, user: &str, id: u64) -> anyhow::Result<Device> {
+    /// Generates the key (a second or so).
+    pub(crate) fn generate() -> anyhow::Result<Self> {
+        let key = rsa::PrivateKey::new(&mut rand::rng(), 3072)?;
+        Ok(Self {
+            spki: key.as_public_key().to_public_key_der()?.into_vec(),
+            key,
+        })
+    }
+
+    /// A new device of `user`, its credential signed by the shared key.
+    pub(crate) fn device(&self, user: &str, id: u64) -> anyhow::Result<Device> {
         let user = UserName::new(user)?;
         Ok(Device::enroll(user, DeviceId(id), |b| {
             self.key.pss_sign::<Sha256>(b)
         })?)
     }
 
-    fn lookup(&self) -> impl Fn(&UserName) -> Option<Vec<u8>> + '_ {
+    /// Every user's account key: the shared one.
+    pub(crate) fn lookup(&self) -> impl Fn(&UserName) -> Option<Vec<u8>> + '_ {
         |_| Some(self.spki.clone())
     }
 }
@@ -59,11 +71,7 @@ impl Keys {
 fn measure(quick: bool) -> anyhow::Result<Report> {
     let mut report = Report::new("mls");
     let generated = Instant::now();
-    let key = rsa::PrivateKey::new(&mut rand::rng(), 3072)?;
-    let keys = Keys {
-        spki: key.as_public_key().to_public_key_der()?.into_vec(),
-        key,
-    };
+    let keys = Keys::generate()?;
     report.notes.push(format!(
         "RSA-3072 account key generated once in {:.0} ms",
         generated.elapsed().as_secs_f64() * 1e3

@@ -5,6 +5,7 @@ mod baseline;
 mod crypto;
 mod dm;
 mod drain;
+mod fanout;
 mod group;
 mod hostile;
 mod idle;
@@ -30,7 +31,8 @@ pub struct Options {
 
 /// Every scenario by name.
 pub const SCENARIOS: &[&str] = &[
-    "image", "group", "crypto", "mls", "login", "drain", "dm", "idle", "hostile", "poison",
+    "image", "group", "fanout", "crypto", "mls", "login", "drain", "dm", "idle", "hostile",
+    "poison",
 ];
 
 /// Runs one scenario, or every one in turn for `all`.
@@ -89,6 +91,7 @@ async fn one(scenario: &str, opts: &Options) -> anyhow::Result<report::Report> {
     Ok(match scenario {
         "image" => image::run(opts).await?,
         "group" => group::run(opts).await?,
+        "fanout" => fanout::run(opts).await?,
         "crypto" => crypto::run(opts).await?,
         "mls" => mls::run(opts).await?,
         "dm" => dm::run(opts).await?,

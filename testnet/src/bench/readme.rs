@@ -19,6 +19,8 @@ const HEADLINES: &[(&str, &str)] = &[
     ("dm", "p99 at"),
     ("group", "deliveries/s"),
     ("group", "p99 to last member"),
+    ("fanout", "deliveries/s"),
+    ("fanout", "p99 to last member"),
     ("image", "p99 alone"),
     ("image", "p99 during upload"),
     ("image", "upload (median)"),

@@ -35,6 +35,18 @@ pub(crate) async fn users_with_hash(
     count: usize,
     hash: &str,
 ) -> anyhow::Result<Vec<BenchUser>> {
+    users_with_keys(storage, prefix, count, hash, &[2; 420]).await
+}
+
+/// As [`users_with_hash`], with `signing_key` (SPKI DER) as every user's account key: for
+/// scenarios where the node verifies MLS credentials against it.
+pub(crate) async fn users_with_keys(
+    storage: &Store,
+    prefix: &str,
+    count: usize,
+    hash: &str,
+    signing_key: &[u8],
+) -> anyhow::Result<Vec<BenchUser>> {
     let tag = run_tag();
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
@@ -44,7 +56,7 @@ pub(crate) async fn users_with_hash(
                 name: name.clone(),
                 password_hash: hash.to_owned(),
                 encryption_key: vec![1; 420],
-                signing_key: vec![2; 420],
+                signing_key: signing_key.to_vec(),
                 key_backup: vec![3; 64],
                 created_at: 0,
             })
