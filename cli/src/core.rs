@@ -87,8 +87,8 @@ pub enum CoreEvent {
     },
     /// Something the user asked for failed.
     Failed {
-        /// The group it was for.
-        group: GroupId,
+        /// The group it was for (`None`: the device itself, its key packages or backup).
+        group: Option<GroupId>,
         /// Why, for a person.
         why: String,
     },
@@ -166,6 +166,7 @@ struct Backup {
 /// What a request was for.
 #[derive(Debug)]
 enum Request {
+    Publish,
     Backup,
     Keys(UserName),
     Claim { group: GroupId, user: UserName },
@@ -341,7 +342,7 @@ impl Core {
         }
         if let Some(why) = failed {
             self.events.push_back(CoreEvent::Failed {
-                group: GroupId([0; 16]),
+                group: None,
                 why: format!("the device's backup is incomplete: {why}"),
             });
         }
@@ -362,14 +363,13 @@ impl Core {
             batches.push(batch);
         }
         for entries in batches {
-            let req = self.next_req;
-            if let Some(backup) = &mut self.backup {
-                backup.inflight.insert(req);
-            }
-            self.request(Request::Backup, |req| ClientToNode::PutDeviceState {
+            let req = self.request(Request::Backup, |req| ClientToNode::PutDeviceState {
                 req,
                 entries,
             });
+            if let Some(backup) = &mut self.backup {
+                backup.inflight.insert(req);
+            }
         }
         self.release_held();
     }
@@ -396,16 +396,20 @@ impl Core {
         });
     }
 
-    /// Account keys learned (on first use) since the last call, to pin.
+    /// Every account key pinned so far (those given at start and those learned on first
+    /// use), for the shell to keep.
     pub fn pinned(&self) -> &HashMap<UserName, Vec<u8>> {
         &self.keys
     }
 
-    fn request(&mut self, what: Request, build: impl FnOnce(ReqId) -> ClientToNode) {
+    /// Sends a request numbered from the core's own range; its answer comes to
+    /// [`Self::handle`] as `what`.
+    fn request(&mut self, what: Request, build: impl FnOnce(ReqId) -> ClientToNode) -> ReqId {
         let req = self.next_req;
         self.next_req = self.next_req.wrapping_add(1).max(CORE_REQS);
         self.requests.insert(req, what);
         self.transmit.push_back(build(req));
+        req
     }
 
     fn lookup(&self) -> impl Fn(&UserName) -> Option<Vec<u8>> + '_ {
@@ -442,13 +446,13 @@ impl Core {
                         last_resort: i == count,
                     })
                     .collect();
-                let req = self.next_req;
-                self.next_req = self.next_req.wrapping_add(1).max(CORE_REQS);
-                self.transmit
-                    .push_back(ClientToNode::PublishKeyPackages { req, packages });
+                self.request(Request::Publish, |req| ClientToNode::PublishKeyPackages {
+                    req,
+                    packages,
+                });
             }
             Err(err) => self.events.push_back(CoreEvent::Failed {
-                group: GroupId([0; 16]),
+                group: None,
                 why: format!("key packages could not be made: {err}"),
             }),
         }
@@ -539,6 +543,14 @@ impl Core {
             _ => None,
         };
         match what {
+            Request::Publish => {
+                if let Some((_, why)) = refusal {
+                    self.events.push_back(CoreEvent::Failed {
+                        group: None,
+                        why: format!("key packages were refused: {why}"),
+                    });
+                }
+            }
             Request::Backup => {
                 if let Some(backup) = &mut self.backup {
                     backup.inflight.remove(&req);
@@ -549,10 +561,10 @@ impl Core {
                     }
                 }
                 if let Some((_, why)) = refusal {
-                    self.fail(
-                        GroupId([0; 16]),
-                        format!("the device's backup failed: {why}"),
-                    );
+                    self.events.push_back(CoreEvent::Failed {
+                        group: None,
+                        why: format!("the device's backup failed: {why}"),
+                    });
                 }
                 self.release_held();
             }
@@ -680,7 +692,10 @@ impl Core {
     }
 
     fn fail(&mut self, group: GroupId, why: String) {
-        self.events.push_back(CoreEvent::Failed { group, why });
+        self.events.push_back(CoreEvent::Failed {
+            group: Some(group),
+            why,
+        });
     }
 
     /// Moves a group's work on as far as it can without waiting.
@@ -737,19 +752,18 @@ impl Core {
             match self.device.encrypt(&group, &bytes) {
                 Ok(message) => {
                     self.dirty = true;
-                    let req = self.next_req;
-                    self.work
-                        .entry(group)
-                        .or_default()
-                        .posting
-                        .insert(req, (id, bytes, epoch));
-                    self.request(Request::Post(group), |req| ClientToNode::Post {
+                    let req = self.request(Request::Post(group), |req| ClientToNode::Post {
                         req,
                         group,
                         id,
                         message,
                         blob: None,
                     });
+                    self.work
+                        .entry(group)
+                        .or_default()
+                        .posting
+                        .insert(req, (id, bytes, epoch));
                 }
                 Err(err) => self.fail(group, err.to_string()),
             }
@@ -918,7 +932,7 @@ impl Core {
                 }
                 Err(err) => {
                     self.events.push_back(CoreEvent::Failed {
-                        group,
+                        group: Some(group),
                         why: format!("a Welcome could not be read: {err}"),
                     });
                     self.welcomes.pop_front();

@@ -13,7 +13,7 @@ use quip_cli::core::{Core, CoreEvent, direct_group};
 use quip_proto::ids::{DeviceId, GroupId, GroupName, UserName};
 use quip_proto::{ClientToNode, NodeToClient};
 
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = Duration::from_secs(30);
 
 /// One device: its connection and its core, driven by the test as the program's shell would.
 struct Peer {
@@ -131,20 +131,7 @@ impl Peer {
         id: u64,
         backup: Option<quip_cli::e2e::StateKey>,
     ) -> Self {
-        let conn = node.connect().await;
-        let secrets =
-            quip_cli::e2e::Secrets::derive(user, common::PASSWORD, &node.deployment()).unwrap();
-        let login = conn
-            .request(|req| ClientToNode::Login {
-                req,
-                user: user.clone(),
-                secret: secrets.login().to_vec(),
-            })
-            .await;
-        assert!(
-            matches!(login, Ok(NodeToClient::LoggedIn { .. })),
-            "{login:?}"
-        );
+        let conn = login(node, user).await;
         let identity = identity_of(home, user);
         let device = identity.enroll_device(user.clone(), DeviceId(id)).unwrap();
         let (credential, signature_key) = device.enrollment();

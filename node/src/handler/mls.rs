@@ -2,29 +2,27 @@
 //! needs. Every MLS message is checked with `quip_mls` (public state, verify-only crypto)
 //! before anything is stored.
 
+use std::collections::{BTreeSet, HashMap};
+
 use quip_mls::Refusal as MlsRefusal;
 use quip_mls::credential::DeviceCredential;
-use quip_mls::ds::{PublicState, check_key_package};
+use quip_mls::ds::{Incoming, PublicState, check_key_package};
 use quip_mls::policy::Device;
-use quip_proto::ids::{DeviceId, GroupId, UserName};
+use quip_proto::ids::{DeviceId, GroupId, MsgId, UserName};
 use quip_proto::limits::{
-    MAX_DEVICES, MAX_KEY_PACKAGE_UPLOAD, MAX_LIST_PAGE, MAX_TREE_PAGE, MAX_WELCOME,
+    MAX_DEVICES, MAX_KEY_PACKAGE_UPLOAD, MAX_LIST_PAGE, MAX_MLS_MESSAGE, MAX_TREE_PAGE, MAX_WELCOME,
 };
-use quip_proto::mls::{ClaimedKeyPackage, DeviceInfo, KeyPackageUpload, MlsGroupSummary};
+use quip_proto::mls::{ClaimedKeyPackage, DeviceInfo, KeyPackageUpload, LogEntry, MlsGroupSummary};
 use quip_proto::{ErrorCode, NodeToClient, ReqId};
+use quip_storage::limits::MAX_SIGNATURE_KEY;
 use quip_storage::{
     Appended, MlsChange, MlsEntry, MlsKind, NewDevice, NewKeyPackage, NewMlsGroup, Storage,
     StorageError,
 };
-use std::collections::HashMap;
-
-use crate::log::{Cached, Notice, entry_frame};
-use quip_mls::ds::Incoming;
-use quip_proto::ids::MsgId;
-use quip_proto::limits::MAX_MLS_MESSAGE;
-use quip_proto::mls::{LogEntry, LogKind};
+use tokio::sync::OwnedMutexGuard;
 
 use super::now_ms;
+use crate::log::{Cached, Notice, entry_frame, wire_kind};
 use crate::session::{Refusal, Session};
 
 /// The delivery service's refusal as a wire error.
@@ -52,6 +50,15 @@ impl<S: Storage> Session<S> {
         Ok(Device { user, device })
     }
 
+    /// Whether another session on this node speaks for `user`'s `device`.
+    fn used_elsewhere(&self, user: &UserName, device: DeviceId) -> bool {
+        let mut busy = false;
+        self.node.registry.with_sessions(user, |s| {
+            busy |= s.conn_id != self.conn_id && s.device.get() == Some(&device);
+        });
+        busy
+    }
+
     /// Makes `device` this session's device, unless another session here is using it.
     fn bind(&self, user: &UserName, device: DeviceId) -> Result<(), Refusal> {
         if self.device.get().is_some() {
@@ -60,11 +67,7 @@ impl<S: Storage> Session<S> {
                 "this session already has a device",
             ));
         }
-        let mut busy = false;
-        self.node.registry.with_sessions(user, |s| {
-            busy |= s.conn_id != self.conn_id && s.device.get() == Some(&device);
-        });
-        if busy {
+        if self.used_elsewhere(user, device) {
             return Err(Refusal::new(
                 ErrorCode::DeviceBusy,
                 format!("device {device} is in use by another session"),
@@ -102,15 +105,11 @@ pub(crate) async fn enroll_device<S: Storage>(
     signature_key: Vec<u8>,
 ) -> Result<(), Refusal> {
     let user = session.user()?.clone();
-    if credential.len() > quip_mls::credential::MAX_CREDENTIAL || signature_key.len() > 64 {
-        return Err(Refusal::new(
-            ErrorCode::TooLarge,
-            "the credential or key is too large",
-        ));
+    if signature_key.len() > MAX_SIGNATURE_KEY {
+        return Err(Refusal::new(ErrorCode::TooLarge, "the key is too large"));
     }
-    let (named, rest) = postcard::take_from_bytes::<DeviceCredential>(&credential)
-        .map_err(|e| Refusal::new(ErrorCode::InvalidMls, format!("unreadable credential: {e}")))?;
-    if !rest.is_empty() || named.user != user || named.device != device {
+    let named = DeviceCredential::from_identity(&credential).map_err(refused)?;
+    if named.user != user || named.device != device {
         return Err(Refusal::new(
             ErrorCode::InvalidMls,
             "the credential names another user or device",
@@ -209,11 +208,7 @@ pub(crate) async fn remove_device<S: Storage>(
     device: DeviceId,
 ) -> Result<(), Refusal> {
     let user = session.user()?.clone();
-    let mut online = false;
-    session.node.registry.with_sessions(&user, |s| {
-        online |= s.conn_id != session.conn_id && s.device.get() == Some(&device);
-    });
-    if online {
+    if session.used_elsewhere(&user, device) {
         return Err(Refusal::new(
             ErrorCode::DeviceBusy,
             format!("device {device} is connected: it cannot be removed while in use"),
@@ -440,6 +435,22 @@ pub(crate) async fn list_groups<S: Storage>(
     Ok(())
 }
 
+/// The group's cached state, locked (loaded from storage first if this node has none): one
+/// change of a group at a time here.
+async fn lock_group<S: Storage>(
+    node: &crate::Node<S>,
+    group: &GroupId,
+) -> Result<OwnedMutexGuard<Option<Cached>>, Refusal> {
+    let mut guard = node.groups.slot(group).lock_owned().await;
+    if guard.is_none() {
+        *guard = Cached::load(&*node.storage, group).await?;
+    }
+    if guard.is_none() {
+        return Err(unknown_group());
+    }
+    Ok(guard)
+}
+
 fn unknown_group() -> Refusal {
     Refusal::new(
         ErrorCode::UnknownGroup,
@@ -469,11 +480,7 @@ pub(crate) async fn handshake<S: Storage>(
         ));
     }
     let node = &session.node;
-    let slot = node.groups.slot(&group);
-    let mut guard = slot.lock().await;
-    if guard.is_none() {
-        *guard = Cached::load(&*node.storage, &group).await?;
-    }
+    let mut guard = lock_group(node, &group).await?;
     let cached = guard.as_mut().ok_or_else(unknown_group)?;
     let epoch = cached.state.epoch();
     let (kind, change, added) = match cached.state.read(&message, &me).map_err(refused)? {
@@ -540,11 +547,12 @@ pub(crate) async fn handshake<S: Storage>(
             (MlsKind::Commit, change, added)
         }
         Incoming::Proposal(proposal) => {
+            // Read before the state moves: a refusal after it would leave the cache ahead.
+            let name = cached.state.policy().map_err(refused)?.name;
             if let Err(err) = cached.state.accept_proposal(*proposal) {
                 *guard = None;
                 return Err(refused(err));
             }
-            let name = cached.state.policy().map_err(refused)?.name;
             let change = MlsChange {
                 state_version: cached.version,
                 epoch,
@@ -577,7 +585,7 @@ pub(crate) async fn handshake<S: Storage>(
         change: Some(change),
         at: super::now_ms(),
     };
-    let outcome = append(session, &mut guard, entry.clone()).await;
+    let outcome = append(session, &entry).await;
     let result = answer(session, req, group, new_epoch, outcome, &mut guard, entry).await;
     for (user, device) in added {
         notify(node, &user, device, Notice::Check);
@@ -608,11 +616,7 @@ pub(crate) async fn post<S: Storage>(
         ));
     }
     let node = &session.node;
-    let slot = node.groups.slot(&group);
-    let mut guard = slot.lock().await;
-    if guard.is_none() {
-        *guard = Cached::load(&*node.storage, &group).await?;
-    }
+    let mut guard = lock_group(node, &group).await?;
     let cached = guard.as_mut().ok_or_else(unknown_group)?;
     let epoch = cached.state.epoch();
     match cached.state.read(&message, &me).map_err(refused)? {
@@ -635,20 +639,16 @@ pub(crate) async fn post<S: Storage>(
         change: None,
         at: super::now_ms(),
     };
-    let outcome = append(session, &mut guard, entry.clone()).await;
+    let outcome = append(session, &entry).await;
     answer(session, req, group, epoch, outcome, &mut guard, entry).await
 }
 
-async fn append<S: Storage>(
-    session: &Session<S>,
-    _guard: &mut Option<Cached>,
-    entry: MlsEntry,
-) -> Result<Appended, Refusal> {
+async fn append<S: Storage>(session: &Session<S>, entry: &MlsEntry) -> Result<Appended, Refusal> {
     let mut outcome = session
         .node
         .storage
         .append_mls(
-            std::slice::from_ref(&entry),
+            std::slice::from_ref(entry),
             session.node.config.max_group_log_bytes,
         )
         .await
@@ -747,67 +747,62 @@ async fn answer<S: Storage>(
         id: entry.id,
         sender: entry.sender.0.clone(),
         device: entry.sender.1,
-        kind: match entry.kind {
-            MlsKind::Application => LogKind::Application,
-            MlsKind::Proposal => LogKind::Proposal,
-            MlsKind::Commit => LogKind::Commit,
-        },
+        kind: wire_kind(entry.kind),
         epoch: entry.epoch,
         body: entry.body,
         blob: None,
         at_ms: u64::try_from(entry.at).unwrap_or(0),
     };
-    if let Some(frame) = entry_frame(group, wire) {
-        let me = (entry.sender.0, entry.sender.1);
-        let mut recipients: Vec<(UserName, DeviceId)> = cached
+    let Some(frame) = entry_frame(group, wire) else {
+        return Ok(());
+    };
+    let (me, my_device) = &entry.sender;
+    // A removed device hears the commit that removed it, if it is connected to this node.
+    // (One connected elsewhere does not: the master's news does not say who was removed, and
+    // storage no longer has a cursor of the device for that node's pump to read.)
+    let removed = entry.change.as_ref().map_or(&[][..], |c| &c.removed[..]);
+    let elsewhere: BTreeSet<UserName> = {
+        let remote = session
+            .node
+            .elsewhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        cached
             .members
             .iter()
-            .map(|d| (d.user.clone(), d.device))
-            .collect();
-        // A removed device hears the commit that removed it, if it is connected to this node.
-        // (One connected elsewhere does not: the master's news does not say who was removed,
-        // and storage no longer has a cursor of the device for that node's pump to read.)
-        let removed: Vec<(UserName, DeviceId)> = entry
-            .change
-            .as_ref()
-            .map(|change| change.removed.clone())
-            .unwrap_or_default();
-        recipients.extend(removed.iter().cloned());
-        let mut elsewhere: Vec<UserName> = Vec::new();
-        {
-            let remote = session
-                .node
-                .elsewhere
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for (user, _) in &recipients {
-                if remote.contains(user) && !elsewhere.contains(user) {
-                    elsewhere.push(user.clone());
-                }
-            }
-        }
-        if !elsewhere.is_empty()
-            && let Some(uplink) = &session.node.uplink
-        {
-            uplink.send(crate::master::ToMaster::LogAppended(
-                elsewhere,
+            .map(|d| &d.user)
+            .chain(removed.iter().map(|(u, _)| u))
+            .filter(|u| remote.contains(*u))
+            .cloned()
+            .collect()
+    };
+    if !elsewhere.is_empty()
+        && let Some(uplink) = &session.node.uplink
+    {
+        uplink.send(crate::master::ToMaster::LogAppended(
+            elsewhere.into_iter().collect(),
+            group,
+            seq,
+            frame.clone(),
+        ));
+    }
+    for member in &cached.members {
+        if member.user != *me || member.device != *my_device {
+            let notice = Notice::Entry {
                 group,
                 seq,
-                frame.clone(),
-            ));
-        }
-        for (user, device) in recipients {
-            if user == me.0 && device == me.1 {
-                continue;
-            }
-            let frame = frame.clone();
-            let notice = if removed.contains(&(user.clone(), device)) {
-                Notice::Removal { group, seq, frame }
-            } else {
-                Notice::Entry { group, seq, frame }
+                frame: frame.clone(),
             };
-            notify(&session.node, &user, device, notice);
+            notify(&session.node, &member.user, member.device, notice);
         }
+    }
+    for (user, device) in removed {
+        let notice = Notice::Removal {
+            group,
+            seq,
+            frame: frame.clone(),
+        };
+        notify(&session.node, user, *device, notice);
     }
     Ok(())
 }
@@ -893,11 +888,7 @@ pub(crate) async fn get_device_state<S: Storage>(
 ) -> Result<(), Refusal> {
     use quip_proto::limits::MAX_STATE_UPLOAD;
     let user = session.user()?.clone();
-    let mut busy = false;
-    session.node.registry.with_sessions(&user, |s| {
-        busy |= s.conn_id != session.conn_id && s.device.get() == Some(&device);
-    });
-    if busy {
+    if session.used_elsewhere(&user, device) {
         return Err(Refusal::new(
             ErrorCode::DeviceBusy,
             format!("device {device} is in use: it cannot be taken over now"),

@@ -53,7 +53,12 @@ impl DeviceCredential {
         if credential.credential_type() != CredentialType::Basic {
             return Err(Refusal::Credential("not a basic credential".into()));
         }
-        let identity = credential.serialized_content();
+        Self::from_identity(credential.serialized_content())
+    }
+
+    /// Reads a device credential from its encoded form (an MLS credential's identity, or
+    /// what `EnrollDevice` carries).
+    pub fn from_identity(identity: &[u8]) -> Result<Self, Refusal> {
         if identity.len() > MAX_CREDENTIAL {
             return Err(Refusal::Credential(format!(
                 "identity of {} bytes is over the limit of {MAX_CREDENTIAL}",

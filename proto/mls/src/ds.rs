@@ -182,11 +182,6 @@ impl PublicState {
             .collect()
     }
 
-    /// Whether `device` is in the group now.
-    pub fn has(&self, device: &Device) -> bool {
-        self.devices().values().any(|d| d == device)
-    }
-
     /// The latest signed group info (`MlsMessage`), for a device that joins.
     pub fn group_info(&self) -> &[u8] {
         &self.group_info
